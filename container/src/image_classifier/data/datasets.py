@@ -1,0 +1,80 @@
+"""A map-style dataset over an index, a resumable sampler, and a collate that counts bad files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from image_classifier.data.loading import UnreadableImage, load_rgb
+
+log = logging.getLogger(__name__)
+
+
+class LabelledImages(Dataset):
+    """Decodes on access; an unreadable file yields ``None`` (dropped and counted by ``collate``)."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], transform: Callable, draft_size: int | None = None):
+        self.samples = list(samples)
+        self.transform = transform
+        self.draft = (draft_size, draft_size) if draft_size else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path, self.draft)
+        except UnreadableImage as exc:
+            log.warning("event=skip_unreadable reason=%s", str(exc).replace(" ", "_")[:200])
+            return None
+        return self.transform(image), label
+
+
+def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    good = [item for item in batch if item is not None]
+    bad = len(batch) - len(good)
+    if not good:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), bad
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good], dtype=torch.long)
+    return images, labels, bad
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded shuffling, sharded across ranks, that can start part-way through an epoch.
+
+    Same order for the same (seed, epoch) on every rank and every restart, so a job resumed
+    after a Spot interruption sees exactly the samples it had not yet seen.
+    """
+
+    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """``skip``: samples of this rank's shard already consumed (resume mid-epoch)."""
+        self.epoch, self.skip = epoch, skip
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=gen).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad and self.world_size > 1:
+            total = -(-self.size // self.world_size) * self.world_size
+            order += order[: total - self.size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard()[self.skip :])
+
+    def __len__(self) -> int:
+        return max(0, len(self._shard()) - self.skip)

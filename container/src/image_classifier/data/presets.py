@@ -1,0 +1,59 @@
+"""Train and evaluation transforms, driven by the model's own data config (timm's idea).
+
+Normalisation, interpolation and crop percentage come from the backbone's pretrained config and
+are written into the model card, so serving preprocesses exactly as training evaluated.
+Augmentation is applied to the training split only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.input_size / self.crop_pct))
+
+
+def _interp(name: str) -> InterpolationMode:
+    return {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(name, InterpolationMode.BILINEAR)
+
+
+def _finish(config: DataConfig) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
+
+
+def eval_transform(config: DataConfig) -> v2.Compose:
+    return v2.Compose(
+        [v2.Resize(config.resize_size, interpolation=_interp(config.interpolation), antialias=True), v2.CenterCrop(config.input_size), *_finish(config)]
+    )
+
+
+def train_transform(config: DataConfig, augment: str) -> v2.Compose:
+    if augment == "none":
+        return eval_transform(config)
+    interp = _interp(config.interpolation)
+    if augment == "light":
+        head = [v2.Resize(config.resize_size, interpolation=interp, antialias=True), v2.RandomCrop(config.input_size), v2.RandomHorizontalFlip()]
+    else:
+        head = [
+            v2.RandomResizedCrop(config.input_size, scale=(0.5, 1.0), interpolation=interp, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(0.2, 0.2, 0.2),
+        ]
+    return v2.Compose([*head, *_finish(config)])

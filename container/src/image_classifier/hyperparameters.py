@@ -1,0 +1,109 @@
+"""Typed, validated hyperparameters.
+
+SageMaker delivers every hyperparameter as a string (the SDK's framework estimators even
+JSON-encode them, so ``"resnet50"`` may arrive as ``"\\"resnet50\\""``). pydantic turns them
+into typed values; an unknown name or a malformed value fails the job with a reason that names
+it. Keys SageMaker itself injects (``sagemaker_*``, ``_tuning_objective_metric``) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from image_classifier.errors import UserError
+
+_FREEZE = re.compile(r"^(none|head|last:\d+)$")
+
+
+class Hyperparameters(BaseModel):
+    """What a training job can be told. Defaults are the ones a careful engineer would pick."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # model
+    model: str = Field("resnet50", description="timm model name, or torchvision/<name>")
+    pretrained: bool = True
+    image_size: int | None = Field(None, ge=16, le=1024, description="default: the model's own")
+    freeze: str = Field("none", description="none (full fine-tune) | head (train the head only) | last:N (train the last N stages and the head)")
+    # optimisation
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, ge=0.0, le=100.0)
+    backbone_lr_mult: float = Field(0.1, ge=0.0, le=10.0, description="backbone lr = lr * this when fine-tuning")
+    weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_size: int = Field(10, ge=1, description="epochs between decays (step scheduler)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    clip_grad_norm: float = Field(0.0, ge=0.0, description="0 disables clipping")
+    early_stopping_patience: int = Field(0, ge=0, description="epochs without validation gain; 0 disables")
+    seed: int = 42
+    deterministic: bool = False
+    # data
+    augment: Literal["standard", "light", "none"] = "standard"
+    num_workers: int | None = Field(None, ge=0, le=64, description="default: one per CPU, at most 8")
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail above this share of unreadable images")
+    # speed
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    processes_per_host: int | None = Field(None, ge=1, le=64, description="default: one per GPU, else 1")
+    # observability
+    log_interval: int = Field(50, ge=1)
+    checks: bool = True
+    profile: bool = False
+    profile_start_step: int = Field(5, ge=0)
+    profile_steps: int = Field(5, ge=1)
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_policy(cls, value: str) -> str:
+        if not _FREEZE.match(value):
+            raise ValueError("must be none, head or last:N")
+        return value
+
+    @property
+    def trainable_stages(self) -> int | None:
+        """None = everything trains; 0 = head only; N = the last N stages and the head."""
+        if self.freeze == "none":
+            return None
+        if self.freeze == "head":
+            return 0
+        return int(self.freeze.split(":", 1)[1])
+
+    @classmethod
+    def from_strings(cls, raw: Mapping[str, str]) -> Hyperparameters:
+        values: dict[str, str] = {}
+        for key, value in raw.items():
+            if key.startswith(("sagemaker_", "_")):
+                continue
+            values[key.replace("-", "_")] = _unquote(value)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                name = ".".join(str(p) for p in err["loc"]) or "?"
+                if err["type"] == "extra_forbidden":
+                    problems.append(f"unknown hyperparameter {name!r}")
+                else:
+                    problems.append(f"hyperparameter {name}={values.get(name)!r}: {err['msg']}")
+            raise UserError("; ".join(problems)) from None
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return value
+        return str(decoded)
+    return value

@@ -1,0 +1,107 @@
+"""The model artifact: safetensors weights plus a JSON model card that drives serving.
+
+The card records everything needed to rebuild and preprocess exactly as training did
+(architecture, classes in index order, input size, normalisation), what produced it (library
+versions, hyperparameters, pretrained weights) and the sha256 of the weights, which the server
+verifies before it loads anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import save_file
+
+from image_classifier import __version__, params
+from image_classifier.modeling.weights_io import sha256_of
+
+
+class Normalisation(BaseModel):
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: int = params.MODEL_CARD_SCHEMA_VERSION
+    architecture: str
+    num_classes: int
+    classes: list[str]
+    preprocessing: Normalisation
+    weights_file: str = params.WEIGHTS_FILE
+    weights_sha256: str
+    versions: dict[str, str]
+    metrics: dict[str, float]
+    hyperparameters: dict[str, object]
+    pretrained: dict[str, str] | None
+    job_name: str
+    created_at: str
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "image_classifier": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> str:
+    """Write ``state`` as safetensors atomically; return its sha256."""
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha256_of(path)
+
+
+def write_artifact(model_dir: Path, state: dict[str, torch.Tensor], **card_fields) -> ModelCard:
+    digest = save_weights(state, model_dir / params.WEIGHTS_FILE)
+    card = ModelCard(
+        weights_sha256=digest,
+        versions=library_versions(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **card_fields,
+    )
+    atomic_write_bytes(model_dir / params.MODEL_CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())
+    return card
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    return ModelCard.model_validate(json.loads((model_dir / params.MODEL_CARD_FILE).read_text()))

@@ -1,0 +1,1 @@
+"""Building backbones, finding their pretrained weights, freezing and grouping parameters."""

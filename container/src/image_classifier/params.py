@@ -1,0 +1,67 @@
+"""Every name shared between the trainer, the server, the launcher and the tests.
+
+No environment-variable name, path fragment or artifact name is spelled twice in the code base:
+it lives here (the AWS toolkits' ``params.py`` idea).
+"""
+
+from __future__ import annotations
+
+# --- environment variables -------------------------------------------------------------------
+BASE_DIR_ENV = "SAGEMAKER_BASE_DIR"  # read by both AWS toolkits; moves /opt/ml
+DEFAULT_BASE_DIR = "/opt/ml"
+SM_HOSTS_ENV = "SM_HOSTS"
+SM_CURRENT_HOST_ENV = "SM_CURRENT_HOST"
+SM_NUM_GPUS_ENV = "SM_NUM_GPUS"
+SM_NUM_CPUS_ENV = "SM_NUM_CPUS"
+SM_MODEL_DIR_ENV = "SM_MODEL_DIR"
+SM_OUTPUT_DATA_DIR_ENV = "SM_OUTPUT_DATA_DIR"
+SM_CHANNEL_PREFIX = "SM_CHANNEL_"
+TRAINING_JOB_NAME_ENV = "TRAINING_JOB_NAME"
+BAKED_WEIGHTS_DIR_ENV = "IMAGE_CLASSIFIER_PRETRAINED_DIR"  # weights baked into the image
+DEFAULT_BAKED_WEIGHTS_DIR = "/opt/pretrained"
+HOST_WAIT_TIMEOUT_ENV = "IMAGE_CLASSIFIER_HOST_WAIT_SECONDS"
+DEFAULT_HOST_WAIT_SECONDS = 300.0
+MASTER_PORT = 29500
+
+# --- /opt/ml layout (relative to the base dir) -----------------------------------------------
+CONFIG_DIR = "input/config"
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+INPUT_DATA_CONFIG_FILE = "inputdataconfig.json"
+RESOURCE_CONFIG_FILE = "resourceconfig.json"
+DEBUG_HOOK_CONFIG_FILE = "debughookconfig.json"
+DATA_DIR = "input/data"
+MODEL_DIR = "model"
+OUTPUT_DIR = "output"
+OUTPUT_DATA_DIR = "output/data"
+TENSORBOARD_DIR = "output/tensorboard"
+FAILURE_FILE = "output/failure"
+CHECKPOINT_DIR = "checkpoints"
+
+# --- channels --------------------------------------------------------------------------------
+TRAIN_CHANNEL = "train"
+VALIDATION_CHANNEL = "validation"
+VALIDATION_ALIASES = ("validation", "valid", "val")
+TEST_CHANNEL = "test"
+TRAINING_CHANNEL = "training"  # one channel holding train/ valid/ test/ (the dog-breed zip)
+PRETRAINED_CHANNEL = "pretrained"
+MODEL_CHANNEL = "model"  # a previous model artifact, to warm-start
+
+# --- model artifact --------------------------------------------------------------------------
+WEIGHTS_FILE = "model.safetensors"
+MODEL_CARD_FILE = "model_card.json"
+MODEL_CARD_SCHEMA_VERSION = 1
+
+# --- output data -----------------------------------------------------------------------------
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PER_CLASS_FILE = "per_class_metrics.csv"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+LEARNING_CURVES_FILE = "learning_curves.png"
+REPORT_JSON_FILE = "training_report.json"
+REPORT_HTML_FILE = "training_report.html"
+PROFILER_DIR = "profiler"
+
+# --- checkpoints -----------------------------------------------------------------------------
+CHECKPOINT_PATTERN = "checkpoint-{epoch:04d}-{step:06d}.pt"
+CHECKPOINT_GLOB = "checkpoint-*.pt"
+CHECKPOINTS_KEPT = 2

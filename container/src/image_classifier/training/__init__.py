@@ -1,0 +1,1 @@
+"""The ``train`` command: the SageMaker training contract around a fine-tuning loop."""

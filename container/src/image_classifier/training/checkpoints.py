@@ -1,0 +1,60 @@
+"""Spot-safe checkpoints: one dict, written atomically, the last two kept, resumed automatically.
+
+A checkpoint is torchvision's single dict ``{model, optimizer, lr_scheduler, epoch, ...}`` plus
+the position inside the epoch (``step``), so a job stopped mid-epoch resumes on exactly the
+batches it had not seen. Writes go to a temporary file, are fsynced, then renamed: a crash
+mid-write (or a full disk) leaves the previous checkpoint intact. Loading uses
+``weights_only=True`` (no pickle); a newest checkpoint that does not load is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from image_classifier import params
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
+
+
+def checkpoint_path(directory: Path, epoch: int, step: int) -> Path:
+    return directory / params.CHECKPOINT_PATTERN.format(epoch=epoch, step=step)
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Newest first, ordered by (epoch, step) from the file name."""
+    found = [(tuple(map(int, m.groups())), p) for p in directory.glob(params.CHECKPOINT_GLOB) if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def save_checkpoint(state: dict, directory: Path, epoch: int, step: int, keep: int = params.CHECKPOINTS_KEPT) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = checkpoint_path(directory, epoch, step)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    for old in list_checkpoints(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return target
+
+
+def load_latest(directory: Path) -> tuple[dict, Path] | None:
+    for path in list_checkpoints(directory) if directory.is_dir() else []:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
+            log.warning("event=checkpoint_skipped path=%s reason=%s", path.name, type(exc).__name__)
+    return None

@@ -1,0 +1,130 @@
+"""The ``train`` console script: failure file, host checks, torchrun, exit codes.
+
+One process per host runs this. With more than one process in the job (several GPUs, several
+hosts, or ``processes_per_host``) it starts ``torchrun``, which runs this same module again in
+each worker (``LOCAL_RANK`` is then set, and the worker calls ``train.main`` directly).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+from image_classifier import params
+from image_classifier.environment import TrainingEnvironment
+from image_classifier.errors import UserError
+from image_classifier.hyperparameters import Hyperparameters
+from image_classifier.logs import setup_logging
+from image_classifier.metrics import format_line
+
+log = logging.getLogger("image_classifier.train")
+EXIT_USER_ERROR = 1
+EXIT_INTERNAL_ERROR = 2
+EXIT_INTERRUPTED = 143
+
+
+def failure_path(env: TrainingEnvironment | None) -> Path:
+    if env is not None:
+        return env.failure_file
+    return Path(os.environ.get(params.BASE_DIR_ENV) or params.DEFAULT_BASE_DIR) / params.FAILURE_FILE
+
+
+def write_failure(env: TrainingEnvironment | None, reason: str) -> None:
+    """One line, first reason wins; only one process per host writes it."""
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    path = failure_path(env)
+    line = " ".join(reason.split())[:1000]
+    log.error("event=failure reason=%s", line.replace(" ", "_")[:300])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.write_text(line + "\n")
+    except OSError as exc:
+        log.error("event=failure_file_unwritable path=%s error=%s", path, exc)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> int:
+    from image_classifier.training.distributed import wait_for_hosts
+
+    if env.is_multi_host:
+        timeout = float(os.environ.get(params.HOST_WAIT_TIMEOUT_ENV, params.DEFAULT_HOST_WAIT_SECONDS))
+        wait_for_hosts(env.hosts, timeout)
+        master, port = env.hosts[0], params.MASTER_PORT
+    else:
+        master, port = "127.0.0.1", _free_port()
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={len(env.hosts)}", f"--node_rank={env.host_rank}", f"--nproc_per_node={procs}",
+        f"--master_addr={master}", f"--master_port={port}",
+        "-m", "image_classifier.training.launcher", *argv,
+    ]
+    log.info(format_line("launch", nodes=len(env.hosts), node_rank=env.host_rank, procs_per_node=procs, master=master))
+    child = subprocess.Popen(command)
+
+    def forward(signum, _frame) -> None:
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    return child.wait()
+
+
+def run(argv: list[str]) -> int:
+    env = None
+    is_worker = "LOCAL_RANK" in os.environ
+    try:
+        env = TrainingEnvironment.from_env()
+        if not is_worker:
+            env.failure_file.unlink(missing_ok=True)
+        from image_classifier.training.train import get_args_parser
+
+        overrides = {k: str(v) for k, v in vars(get_args_parser().parse_args(argv)).items()}
+        hp = Hyperparameters.from_strings({**env.hyperparameters, **overrides})
+        procs = hp.processes_per_host or max(1, env.num_gpus)
+        if not is_worker and procs * len(env.hosts) > 1:
+            code = launch_torchrun(env, procs, argv)
+            if code not in (0, EXIT_INTERRUPTED, -signal.SIGTERM):
+                write_failure(env, f"distributed training exited with code {code}; see the job log")
+            return code
+        from image_classifier.training.engine import StopRequested
+        from image_classifier.training.train import main
+
+        try:
+            main(env, hp)
+        except StopRequested as stop:
+            log.info(format_line("interrupted", signal=str(stop)))
+            return EXIT_INTERRUPTED
+        return 0
+    except UserError as exc:
+        write_failure(env, str(exc))
+        return EXIT_USER_ERROR
+    except SystemExit as exc:  # argparse
+        if exc.code not in (0, None):
+            write_failure(env, f"invalid command-line arguments: {argv}")
+        return int(exc.code or 0)
+    except Exception as exc:  # noqa: BLE001 - every failure path leaves its reason behind
+        traceback.print_exc()
+        write_failure(env, f"internal error: {type(exc).__name__}: {exc}")
+        return EXIT_INTERNAL_ERROR
+
+
+def cli() -> None:
+    setup_logging()
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    cli()
