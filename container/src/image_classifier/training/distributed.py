@@ -34,8 +34,8 @@ class World:
 
 
 def init_world(use_cuda: bool) -> World:
-    """Join the group torchrun set up (``RANK``/``WORLD_SIZE``), or a world of one."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    """Join the group torchrun set up (``RANK``/``WORLD_SIZE``), or a world of one without torchrun."""
+    if "RANK" not in os.environ:
         return World()
     world = World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
     if use_cuda:

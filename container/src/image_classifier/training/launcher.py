@@ -61,7 +61,7 @@ def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> in
 
     if env.is_multi_host:
         timeout = float(os.environ.get(params.HOST_WAIT_TIMEOUT_ENV, params.DEFAULT_HOST_WAIT_SECONDS))
-        wait_for_hosts(env.hosts, timeout)
+        wait_for_hosts([h for h in env.hosts if h != env.current_host], timeout)
         master, port = env.hosts[0], params.MASTER_PORT
     else:
         master, port = "127.0.0.1", _free_port()

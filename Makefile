@@ -1,0 +1,54 @@
+# One virtual environment at .venv, installed from the pinned locks (the same ones CI and the
+# image use). `make demo` and `make test` are the only two commands a user needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LOCKS := docker/requirements.lock deploy/requirements.lock tests/requirements.lock
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WEIGHTS := local/weights/tf_efficientnet_lite0.safetensors
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: venv demo test test-fast test-full lint format locks clean
+
+venv: $(STAMP)
+
+$(STAMP): $(LOCKS) container/pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(foreach l,$(LOCKS),-r $(l))
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e container/
+	$(PY) -m pip check
+	touch $@
+
+$(FASHION):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+
+$(WEIGHTS): $(STAMP)
+	$(PY) -m local.convert_weights --out $@
+
+demo: $(STAMP) $(FASHION) $(WEIGHTS)
+	$(PY) -m local.demo
+
+test: $(STAMP) $(FASHION) lint
+	$(PYTEST) -m "not gpu" tests
+
+test-fast: $(STAMP) $(FASHION)
+	$(PYTEST) -m "not slow and not container and not aws and not gpu" tests/unit tests/contract
+
+test-full: test
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+locks: $(STAMP)
+	$(PY) -m local.lock
+
+clean:
+	rm -rf $(VENV) local/opt_ml local/weights .pytest_cache

@@ -1,0 +1,21 @@
+"""Two-process DDP on CPU (gloo) through torchrun, as SM_NUM_GPUS / several hosts would start it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import DIGITS_HPS, read_json, run_train
+
+
+@pytest.mark.slow
+def test_two_process_ddp_writes_one_artifact(tmp_path, digits_data):
+    result = run_train(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "2", "processes_per_host": "2"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "event=launch nodes=1 node_rank=0 procs_per_node=2" in result.stdout
+    starts = [line for line in result.stdout.splitlines() if "event=start " in line]
+    assert len(starts) == 2 and all("world_size=2" in line for line in starts)
+    assert {"rank=0", "rank=1"} <= {part for line in starts for part in line.split()}
+    assert len([line for line in result.stdout.splitlines() if "event=artifact " in line]) == 1
+    metrics = read_json(tmp_path / "output" / "data" / "metrics.json")
+    assert metrics["final"]["test_acc"] > 0.5
+    assert sum(int(line.split()[-1]) for line in (tmp_path / "output" / "data" / "per_class_metrics.csv").read_text().splitlines()[1:]) == 200

@@ -1,0 +1,64 @@
+"""Spot interruption: SIGTERM mid-epoch writes a checkpoint; the restarted job resumes from it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import DIGITS_HPS, read_json, train_env, write_job
+
+
+def _wait_for(process, pattern, timeout=300):
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if re.search(pattern, line):
+            return lines
+    raise AssertionError(f"never saw {pattern!r}:\n{''.join(lines[-30:])}")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_then_resume(tmp_path, digits_data, digits_job):
+    hps = {**DIGITS_HPS, "log_interval": "1"}
+    write_job(tmp_path, digits_data, hps)
+    process = subprocess.Popen(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(process, r"event=step epoch=2 step=3\b")
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, rest[-2000:]
+    assert "event=interrupted signal=SIGTERM" in rest
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*.pt"))
+    assert saved[-1].startswith("checkpoint-0001-") and not saved[-1].endswith("-000000.pt"), saved
+    assert not (tmp_path / "output" / "failure").exists()
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+
+    second = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:]
+    step = int(saved[-1].split("-")[2].split(".")[0])
+    assert f"event=resumed checkpoint={saved[-1]} epoch=1 step={step}" in second.stdout
+    assert "event=epoch epoch=1 " not in second.stdout  # epoch 1 is not trained again
+    metrics = read_json(tmp_path / "output" / "data" / "metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    reference = read_json(digits_job[0] / "output" / "data" / "metrics.json")["final"]["test_acc"]
+    assert abs(metrics["final"]["test_acc"] - reference) <= 0.08, (metrics["final"]["test_acc"], reference)
+
+
+def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, digits_data):
+    hps = {**DIGITS_HPS, "epochs": "1"}
+    write_job(tmp_path, digits_data, hps)
+    first = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:]
+    (tmp_path / "checkpoints" / "checkpoint-0001-000005.pt").write_bytes(b"torn write")
+    write_job(tmp_path, digits_data, {**hps, "epochs": "2"})
+    second = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:]
+    assert "event=checkpoint_skipped path=checkpoint-0001-000005.pt" in second.stdout
+    assert "event=resumed checkpoint=checkpoint-0001-000000.pt epoch=1 step=0" in second.stdout

@@ -1,0 +1,125 @@
+"""Helpers the tiers share: running ``train`` as SageMaker does, and building test data."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+# A small but real configuration: timm ResNet-18 from scratch on 32 px digits.
+DIGITS_HPS = {
+    "model": "resnet18",
+    "pretrained": "false",
+    "image_size": "32",
+    "epochs": "3",
+    "batch_size": "64",
+    "lr": "0.003",
+    "augment": "light",
+    "log_interval": "5",
+    "num_workers": "1",
+    "seed": "7",
+}
+
+
+def train_env(base: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+    env.update(
+        {
+            "SAGEMAKER_BASE_DIR": str(base),
+            "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+            "IMAGE_CLASSIFIER_PRETRAINED_DIR": str(base / "no-baked-weights"),
+            "HF_HUB_OFFLINE": "1",
+            "TORCH_HOME": str(base / "torch-home"),
+            "HF_HOME": str(base / "hf-home"),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def write_job(base: Path, data: Path | None, hyperparameters: dict[str, str], channels: dict[str, Path] | None = None, hosts=("algo-1",)) -> Path:
+    from local.sample_data import write_job as layout
+
+    if data is not None:
+        layout(base, data, hyperparameters, hosts)
+    else:
+        layout(base, _empty(base), hyperparameters, hosts)
+    for name, path in (channels or {}).items():
+        link = base / "input" / "data" / name
+        if link.is_symlink() or link.exists():
+            link.unlink() if link.is_symlink() else shutil.rmtree(link)
+        link.symlink_to(path, target_is_directory=True)
+    return base
+
+
+def _empty(base: Path) -> Path:
+    folder = base / "empty-data"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def run_train(base: Path, data: Path | None, hyperparameters: dict[str, str], *, channels=None, hosts=("algo-1",), env=None, args=(), timeout=900):
+    write_job(base, data, hyperparameters, channels, hosts)
+    return subprocess.run(
+        ["train", *args],
+        env=train_env(base, env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        cwd=base,
+    )
+
+
+def failure_reason(base: Path) -> str:
+    return (base / "output" / "failure").read_text().strip()
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text())
+
+
+def make_digits_with_formats(dest: Path) -> Path:
+    """Digits in class folders, some re-encoded as CMYK JPEG, RGBA PNG, WebP, palette GIF,
+    16-bit PNG and EXIF-rotated JPEG, plus one truncated and one garbage file (counted, skipped)."""
+    from local.sample_data import write_digits
+
+    write_digits(dest)
+    train = sorted((dest / "train").rglob("*.png"))
+    for i, path in enumerate(train[:60]):
+        image = Image.open(path).convert("L")
+        kind = i % 6
+        if kind == 0:
+            image.convert("CMYK").save(path.with_suffix(".jpg"), quality=95)
+        elif kind == 1:
+            rgba = image.convert("RGBA")
+            rgba.putalpha(255)
+            rgba.save(path.with_name(path.stem + "_rgba.png"))
+        elif kind == 2:
+            image.convert("RGB").save(path.with_suffix(".webp"))
+        elif kind == 3:
+            image.convert("P").save(path.with_suffix(".gif"))
+        elif kind == 4:
+            Image.fromarray((np.asarray(image).astype(np.uint16) * 257)).save(path.with_name(path.stem + "_16.png"))
+        else:
+            exif = Image.Exif()
+            exif[0x0112] = 6  # rotated 90 degrees
+            image.rotate(90, expand=True).convert("RGB").save(path.with_suffix(".jpeg"), exif=exif.tobytes())
+        path.unlink()
+    first_class = sorted((dest / "train").iterdir())[0]
+    good = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(good, format="PNG")
+    (first_class / "truncated.png").write_bytes(good.getvalue()[:80])
+    (first_class / "garbage.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    (first_class / "README.txt").write_text("not an image, ignored")
+    return dest
