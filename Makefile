@@ -42,6 +42,7 @@ test-full: test
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy container/src
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

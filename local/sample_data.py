@@ -46,7 +46,9 @@ def _pick(labels: np.ndarray, per_class: int, rng: np.random.Generator, exclude:
     return chosen
 
 
-def _write(images: np.ndarray, labels: np.ndarray, picks: list[int], classes: tuple[str, ...], root: Path, size: int | None, fmt: str) -> None:
+def _write(
+    images: np.ndarray, labels: np.ndarray, picks: list[int], classes: tuple[str, ...], root: Path, size: int | None, fmt: str
+) -> None:
     for name in classes:
         (root / name).mkdir(parents=True, exist_ok=True)
     for i in picks:
@@ -56,7 +58,9 @@ def _write(images: np.ndarray, labels: np.ndarray, picks: list[int], classes: tu
         image.save(root / classes[int(labels[i])] / f"{i:05d}.{fmt}")
 
 
-def write_fashion(dest: Path, train_per_class: int, valid_per_class: int, test_per_class: int, *, seed: int = 0, size: int | None = None, fmt: str = "png") -> Path:
+def write_fashion(
+    dest: Path, train_per_class: int, valid_per_class: int, test_per_class: int, *, seed: int = 0, size: int | None = None, fmt: str = "png"
+) -> Path:
     """Write ``dest/{train,validation,test}/<class>/*.png``; return ``dest``."""
     rng = np.random.default_rng(seed)
     images, labels = load_fashion("train")
@@ -70,7 +74,9 @@ def write_fashion(dest: Path, train_per_class: int, valid_per_class: int, test_p
     return dest
 
 
-def write_digits(dest: Path, *, classes: int = 10, per_class_test: int = 20, per_class_valid: int = 20, size: int = 32, seed: int = 0) -> Path:
+def write_digits(
+    dest: Path, *, classes: int = 10, per_class_test: int = 20, per_class_valid: int = 20, size: int = 32, seed: int = 0
+) -> Path:
     """scikit-learn digits, 8x8 scaled up to ``size`` px, split train/validation/test."""
     from sklearn.datasets import load_digits
 
@@ -89,22 +95,31 @@ def write_digits(dest: Path, *, classes: int = 10, per_class_test: int = 20, per
     return dest
 
 
-def write_job(base: Path, data: Path, hyperparameters: dict[str, object], hosts: tuple[str, ...] = ("algo-1",)) -> Path:
-    """Lay out ``base`` as SageMaker lays out /opt/ml for a training job (strings everywhere)."""
+def write_config(base: Path, hyperparameters: dict[str, object], channels: list[str], hosts: tuple[str, ...] = ("algo-1",)) -> Path:
+    """Write /opt/ml/input/config as SageMaker does for a training job (every value a string)."""
     config = base / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
-    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}))
-    channels = {}
+    (config / "hyperparameters.json").write_text(json.dumps({k: str(v) for k, v in hyperparameters.items()}, indent=2))
+    described = {
+        c: {"ContentType": "application/x-image", "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in channels
+    }
+    (config / "inputdataconfig.json").write_text(json.dumps(described, indent=2))
+    (config / "resourceconfig.json").write_text(
+        json.dumps({"current_host": hosts[0], "hosts": list(hosts), "network_interface_name": "eth0"})
+    )
+    return base
+
+
+def write_job(base: Path, data: Path, hyperparameters: dict[str, object], hosts: tuple[str, ...] = ("algo-1",)) -> Path:
+    """Lay out ``base`` like /opt/ml, each split folder of ``data`` linked in as a channel."""
     data_dir = base / "input" / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    for split in sorted(p.name for p in data.iterdir() if p.is_dir()):
+    splits = sorted(p.name for p in data.iterdir() if p.is_dir())
+    for split in splits:
         link = data_dir / split
         if not link.exists():
             link.symlink_to(data / split, target_is_directory=True)
-        channels[split] = {"ContentType": "application/x-image", "TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"}
-    (config / "inputdataconfig.json").write_text(json.dumps(channels))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": hosts[0], "hosts": list(hosts), "network_interface_name": "eth0"}))
-    return base
+    return write_config(base, hyperparameters, splits, hosts)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, run_train  # noqa: F401  (re-exported for tests)
+from tests.helpers import REPO_ROOT, run_train
 
 _TIER_SECONDS: dict[str, float] = collections.defaultdict(float)
 _BAD_SKIPS: list[str] = []

@@ -47,7 +47,9 @@ def train_env(base: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
-def write_job(base: Path, data: Path | None, hyperparameters: dict[str, str], channels: dict[str, Path] | None = None, hosts=("algo-1",)) -> Path:
+def write_job(
+    base: Path, data: Path | None, hyperparameters: dict[str, str], channels: dict[str, Path] | None = None, hosts=("algo-1",)
+) -> Path:
     from local.sample_data import write_job as layout
 
     if data is not None:
@@ -68,7 +70,9 @@ def _empty(base: Path) -> Path:
     return folder
 
 
-def run_train(base: Path, data: Path | None, hyperparameters: dict[str, str], *, channels=None, hosts=("algo-1",), env=None, args=(), timeout=900):
+def run_train(
+    base: Path, data: Path | None, hyperparameters: dict[str, str], *, channels=None, hosts=("algo-1",), env=None, args=(), timeout=900
+):
     write_job(base, data, hyperparameters, channels, hosts)
     return subprocess.run(
         ["train", *args],
@@ -110,7 +114,7 @@ def make_digits_with_formats(dest: Path) -> Path:
         elif kind == 3:
             image.convert("P").save(path.with_suffix(".gif"))
         elif kind == 4:
-            Image.fromarray((np.asarray(image).astype(np.uint16) * 257)).save(path.with_name(path.stem + "_16.png"))
+            Image.fromarray(np.asarray(image).astype(np.uint16) * 257).save(path.with_name(path.stem + "_16.png"))
         else:
             exif = Image.Exif()
             exif[0x0112] = 6  # rotated 90 degrees

@@ -30,7 +30,15 @@ def test_tiny_training_set_fires_overfitting(tmp_path, digits_data):
     for folder in (data / "train").iterdir():
         for extra in sorted(folder.iterdir())[5:]:
             extra.unlink()
-    hps = {**DIGITS_HPS, "epochs": "30", "augment": "none", "batch_size": "10", "lr": "0.003", "max_bad_fraction": "0.5", "label_smoothing": "0"}
+    hps = {
+        **DIGITS_HPS,
+        "epochs": "30",
+        "augment": "none",
+        "batch_size": "10",
+        "lr": "0.003",
+        "max_bad_fraction": "0.5",
+        "label_smoothing": "0",
+    }
     result = run_train(tmp_path / "job", data, hps)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "overfitting" in _findings(tmp_path / "job")

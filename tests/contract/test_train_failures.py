@@ -25,7 +25,12 @@ def _expect_failure(base, data, hps, match, **kw):
 
 
 def test_unknown_and_malformed_hyperparameters(tmp_path, digits_data):
-    _expect_failure(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "many", "learning_rate": "1"}, ["epochs='many'", "unknown hyperparameter 'learning_rate'"])
+    _expect_failure(
+        tmp_path,
+        digits_data,
+        {**DIGITS_HPS, "epochs": "many", "learning_rate": "1"},
+        ["epochs='many'", "unknown hyperparameter 'learning_rate'"],
+    )
 
 
 def test_missing_validation_channel(tmp_path, digits_data):
@@ -63,7 +68,9 @@ def test_too_many_unreadable_images(tmp_path, digits_data):
 
 
 def test_pretrained_requested_but_not_found(tmp_path, digits_data):
-    _expect_failure(tmp_path, digits_data, {**DIGITS_HPS, "pretrained": "true"}, ["pretrained weights for 'resnet18' requested but none found"])
+    _expect_failure(
+        tmp_path, digits_data, {**DIGITS_HPS, "pretrained": "true"}, ["pretrained weights for 'resnet18' requested but none found"]
+    )
 
 
 def test_pretrained_file_that_does_not_fit(tmp_path, digits_data, lite0_weights):
@@ -80,6 +87,11 @@ def test_unknown_model(tmp_path, digits_data):
 @pytest.mark.timeout(120)
 def test_unresolvable_peer_hosts_fail_after_the_timeout(tmp_path, digits_data):
     result = _expect_failure(
-        tmp_path, digits_data, DIGITS_HPS, ["['algo-2']", "did not resolve within 3s"], hosts=("algo-1", "algo-2"), env={"IMAGE_CLASSIFIER_HOST_WAIT_SECONDS": "3", "SM_CURRENT_HOST": "algo-1"}
+        tmp_path,
+        digits_data,
+        DIGITS_HPS,
+        ["['algo-2']", "did not resolve within 3s"],
+        hosts=("algo-1", "algo-2"),
+        env={"IMAGE_CLASSIFIER_HOST_WAIT_SECONDS": "3", "SM_CURRENT_HOST": "algo-1"},
     )
     assert "event=launch" not in result.stdout

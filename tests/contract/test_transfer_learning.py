@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
+from local.demo import DEMO_HYPERPARAMETERS
 from tests.helpers import read_json, run_train
 
-FASHION_HPS = {
-    "model": "tf_efficientnet_lite0",
-    "image_size": "80",
-    "epochs": "3",
-    "batch_size": "64",
-    "lr": "0.003",
-    "backbone_lr_mult": "0.3",
-    "freeze": "none",
-    "log_interval": "20",
-    "num_workers": "2",
-}
+# The demo's own configuration, so this test also proves what `make demo` prints.
+FASHION_HPS = {k: v for k, v in DEMO_HYPERPARAMETERS.items() if k != "pretrained"}
 
 
 @pytest.mark.slow
@@ -39,7 +31,15 @@ def test_pretrained_beats_random_init_by_ten_points(tmp_path, fashion_data, lite
 
 
 def test_head_only_leaves_every_frozen_tensor_bit_identical(tmp_path, digits_data, lite0_weights):
-    hps = {"model": "tf_efficientnet_lite0", "image_size": "32", "epochs": "2", "batch_size": "64", "lr": "0.01", "freeze": "head", "num_workers": "1"}
+    hps = {
+        "model": "tf_efficientnet_lite0",
+        "image_size": "32",
+        "epochs": "2",
+        "batch_size": "64",
+        "lr": "0.01",
+        "freeze": "head",
+        "num_workers": "1",
+    }
     result = run_train(tmp_path, digits_data, hps, channels={"pretrained": lite0_weights.parent})
     assert result.returncode == 0, result.stdout[-3000:]
     before = load_file(str(lite0_weights))
@@ -53,7 +53,15 @@ def test_head_only_leaves_every_frozen_tensor_bit_identical(tmp_path, digits_dat
 
 
 def test_full_fine_tune_uses_the_lower_backbone_learning_rate(tmp_path, digits_data, lite0_weights):
-    hps = {"model": "tf_efficientnet_lite0", "image_size": "32", "epochs": "1", "batch_size": "64", "lr": "0.02", "backbone_lr_mult": "0.25", "num_workers": "1"}
+    hps = {
+        "model": "tf_efficientnet_lite0",
+        "image_size": "32",
+        "epochs": "1",
+        "batch_size": "64",
+        "lr": "0.02",
+        "backbone_lr_mult": "0.25",
+        "num_workers": "1",
+    }
     result = run_train(tmp_path, digits_data, hps, channels={"pretrained": lite0_weights.parent})
     assert result.returncode == 0, result.stdout[-3000:]
     assert "event=param_group name=head lr=0.02 " in result.stdout
@@ -64,7 +72,15 @@ def test_full_fine_tune_uses_the_lower_backbone_learning_rate(tmp_path, digits_d
 
 
 def test_a_torchvision_model_trains_end_to_end(tmp_path, digits_data):
-    hps = {"model": "torchvision/mobilenet_v3_small", "pretrained": "false", "image_size": "32", "epochs": "1", "batch_size": "64", "num_workers": "1", "freeze": "last:2"}
+    hps = {
+        "model": "torchvision/mobilenet_v3_small",
+        "pretrained": "false",
+        "image_size": "32",
+        "epochs": "1",
+        "batch_size": "64",
+        "num_workers": "1",
+        "freeze": "last:2",
+    }
     result = run_train(tmp_path, digits_data, hps)
     assert result.returncode == 0, result.stdout[-3000:]
     card = read_json(tmp_path / "model" / "model_card.json")

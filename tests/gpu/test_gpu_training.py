@@ -15,7 +15,15 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def test_amp_channels_last_torchrun_nccl(tmp_path, digits_data):
     write_job(tmp_path, digits_data, {**DIGITS_HPS, "amp": "auto", "channels_last": "true"})
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone", "-m", "image_classifier.training.launcher"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=1",
+        "--standalone",
+        "-m",
+        "image_classifier.training.launcher",
+    ]
     result = subprocess.run(command, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "device=cuda:0" in result.stdout and "world_size=1" in result.stdout

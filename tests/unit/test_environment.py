@@ -61,7 +61,7 @@ def test_is_read_only(tmp_path):
 def test_malformed_config_names_the_file(tmp_path):
     _layout(tmp_path)
     (tmp_path / "input" / "config" / "hyperparameters.json").write_text("{not json")
-    with pytest.raises(UserError, match="hyperparameters.json"):
+    with pytest.raises(UserError, match=r"hyperparameters\.json"):
         TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
 
 

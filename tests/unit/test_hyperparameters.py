@@ -15,7 +15,9 @@ def test_json_encoded_strings_from_the_sdk_are_unquoted():
 
 
 def test_sagemaker_injected_keys_are_ignored():
-    hp = Hyperparameters.from_strings({"sagemaker_program": "x", "_tuning_objective_metric": "valid_acc", "sagemaker_region": '"us-east-1"'})
+    hp = Hyperparameters.from_strings(
+        {"sagemaker_program": "x", "_tuning_objective_metric": "valid_acc", "sagemaker_region": '"us-east-1"'}
+    )
     assert hp == Hyperparameters()
 
 

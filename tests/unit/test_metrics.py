@@ -9,8 +9,17 @@ def test_every_metric_is_defined_once():
 
 
 def test_regexes_read_what_format_line_prints():
-    line = "2026-01-01 INFO x " + format_line("epoch", epoch=2, train_loss=0.5, train_acc=0.75, valid_loss=1.25e-5, valid_acc=0.875, lr=3e-4, images_per_sec=120.5)
-    assert parse_line(line) == {"train_loss": 0.5, "train_acc": 0.75, "valid_loss": 1.25e-5, "valid_acc": 0.875, "lr": 3e-4, "images_per_sec": 120.5}
+    line = "2026-01-01 INFO x " + format_line(
+        "epoch", epoch=2, train_loss=0.5, train_acc=0.75, valid_loss=1.25e-5, valid_acc=0.875, lr=3e-4, images_per_sec=120.5
+    )
+    assert parse_line(line) == {
+        "train_loss": 0.5,
+        "train_acc": 0.75,
+        "valid_loss": 1.25e-5,
+        "valid_acc": 0.875,
+        "lr": 3e-4,
+        "images_per_sec": 120.5,
+    }
 
 
 def test_prefixed_names_do_not_match_shorter_metrics():

@@ -29,7 +29,9 @@ class Hyperparameters(BaseModel):
     model: str = Field("resnet50", description="timm model name, or torchvision/<name>")
     pretrained: bool = True
     image_size: int | None = Field(None, ge=16, le=1024, description="default: the model's own")
-    freeze: str = Field("none", description="none (full fine-tune) | head (train the head only) | last:N (train the last N stages and the head)")
+    freeze: str = Field(
+        "none", description="none (full fine-tune) | head (train the head only) | last:N (train the last N stages and the head)"
+    )
     # optimisation
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)

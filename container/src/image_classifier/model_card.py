@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -96,7 +96,7 @@ def write_artifact(model_dir: Path, state: dict[str, torch.Tensor], **card_field
     card = ModelCard(
         weights_sha256=digest,
         versions=library_versions(),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         **card_fields,
     )
     atomic_write_bytes(model_dir / params.MODEL_CARD_FILE, (card.model_dump_json(indent=2) + "\n").encode())

@@ -27,7 +27,7 @@ class DataConfig:
 
     @property
     def resize_size(self) -> int:
-        return int(math.floor(self.input_size / self.crop_pct))
+        return math.floor(self.input_size / self.crop_pct)
 
 
 def _interp(name: str) -> InterpolationMode:
@@ -40,7 +40,11 @@ def _finish(config: DataConfig) -> list:
 
 def eval_transform(config: DataConfig) -> v2.Compose:
     return v2.Compose(
-        [v2.Resize(config.resize_size, interpolation=_interp(config.interpolation), antialias=True), v2.CenterCrop(config.input_size), *_finish(config)]
+        [
+            v2.Resize(config.resize_size, interpolation=_interp(config.interpolation), antialias=True),
+            v2.CenterCrop(config.input_size),
+            *_finish(config),
+        ]
     )
 
 
@@ -49,7 +53,11 @@ def train_transform(config: DataConfig, augment: str) -> v2.Compose:
         return eval_transform(config)
     interp = _interp(config.interpolation)
     if augment == "light":
-        head = [v2.Resize(config.resize_size, interpolation=interp, antialias=True), v2.RandomCrop(config.input_size), v2.RandomHorizontalFlip()]
+        head = [
+            v2.Resize(config.resize_size, interpolation=interp, antialias=True),
+            v2.RandomCrop(config.input_size),
+            v2.RandomHorizontalFlip(),
+        ]
     else:
         head = [
             v2.RandomResizedCrop(config.input_size, scale=(0.5, 1.0), interpolation=interp, antialias=True),

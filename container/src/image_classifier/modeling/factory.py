@@ -6,6 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -36,11 +37,10 @@ def is_torchvision(name: str) -> bool:
 
 def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
     """The bare network. ``num_classes=None`` keeps the original (ImageNet) head."""
+    kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     try:
         if is_torchvision(name):
-            kwargs = {} if num_classes is None else {"num_classes": num_classes}
             return torchvision.models.get_model(name[len(TORCHVISION_PREFIX) :], weights=None, **kwargs)
-        kwargs = {} if num_classes is None else {"num_classes": num_classes}
         return timm.create_model(name, pretrained=False, **kwargs)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"unknown model {name!r}: {exc}") from exc
@@ -48,8 +48,8 @@ def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
 
 def classifier_of(model: nn.Module) -> nn.Module:
     """The final classification layer (timm's ``get_classifier`` or torchvision's last Linear)."""
-    if hasattr(model, "get_classifier"):
-        return model.get_classifier()
+    if callable(getter := getattr(model, "get_classifier", None)):
+        return getter()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise UserError(f"cannot find a classification layer in {type(model).__name__}")
@@ -57,10 +57,11 @@ def classifier_of(model: nn.Module) -> nn.Module:
 
 
 def replace_head(model: nn.Module, num_classes: int) -> None:
-    if hasattr(model, "reset_classifier"):
-        model.reset_classifier(num_classes)
+    if callable(reset := getattr(model, "reset_classifier", None)):
+        reset(num_classes)
         return
     old = classifier_of(model)
+    assert isinstance(old, nn.Linear)
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if child is old:
@@ -76,8 +77,8 @@ def data_config_for(name: str, model: nn.Module, image_size: int | None) -> Data
         size, mean, std, interp, crop = cfg["input_size"][-1], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["crop_pct"]
     return DataConfig(
         input_size=int(image_size or size),
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
+        mean=(float(mean[0]), float(mean[1]), float(mean[2])),
+        std=(float(std[0]), float(std[1]), float(std[2])),
         interpolation=str(interp),
         crop_pct=float(crop),
     )

@@ -15,10 +15,10 @@ def stages(model: nn.Module) -> list[list[str]]:
     """
     head = {id(p) for p in classifier_of(model).parameters()}
     named = dict(model.named_parameters())
-    if hasattr(model, "group_matcher"):
+    if callable(matcher := getattr(model, "group_matcher", None)):
         from timm.models import group_parameters
 
-        groups = [list(names) for names in group_parameters(model, model.group_matcher(coarse=True)).values()]
+        groups = [list(names) for names in group_parameters(model, matcher(coarse=True)).values()]
     else:
         groups = [[f"{child}.{n}" for n, _ in module.named_parameters()] for child, module in model.named_children()]
     out = [[n for n in g if id(named[n]) not in head] for g in groups]

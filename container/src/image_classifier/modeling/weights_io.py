@@ -23,12 +23,13 @@ def sha256_of(path: Path) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a plain state dict; arbitrary pickled objects are refused by ``weights_only``."""
+    state: object
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's file, reported as such
+    except Exception as exc:
         raise UserError(f"cannot load weights file {path.name}: {type(exc).__name__}: {str(exc)[:200]}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

@@ -48,14 +48,20 @@ class TrainingChecks:
         if grad_norm is not None and grad_norm < VANISHING_NORM:
             self._vanishing_steps += 1
             if self._steps >= 10 and self._vanishing_steps > self._steps / 2:
-                self._fire("vanishing_gradients", epoch, f"gradient norm below {VANISHING_NORM} on {self._vanishing_steps} of {self._steps} steps")
+                self._fire(
+                    "vanishing_gradients", epoch, f"gradient norm below {VANISHING_NORM} on {self._vanishing_steps} of {self._steps} steps"
+                )
 
     def on_epoch(self, epoch: int, train_loss: float, train_acc: float, valid_loss: float, valid_acc: float) -> None:
         self._check_loss_trend(epoch)
         gap = train_acc - valid_acc
         self._overfit_streak = self._overfit_streak + 1 if gap > OVERFIT_GAP else 0
         if self._overfit_streak >= OVERFIT_EPOCHS:
-            self._fire("overfitting", epoch, f"train_acc={train_acc:.3f} exceeds valid_acc={valid_acc:.3f} by more than {OVERFIT_GAP} for {self._overfit_streak} epochs")
+            self._fire(
+                "overfitting",
+                epoch,
+                f"train_acc={train_acc:.3f} exceeds valid_acc={valid_acc:.3f} by more than {OVERFIT_GAP} for {self._overfit_streak} epochs",
+            )
 
     def _check_loss_trend(self, epoch: int) -> None:
         finite = [v for v in self.losses if math.isfinite(v)]
@@ -65,7 +71,11 @@ class TrainingChecks:
         first = sum(finite[:window]) / window
         last = sum(finite[-window:]) / window
         if last > first * 0.99:
-            self._fire("loss_not_decreasing", epoch, f"mean loss of the last {window} steps {last:.4g} is not below the first {window} steps {first:.4g}")
+            self._fire(
+                "loss_not_decreasing",
+                epoch,
+                f"mean loss of the last {window} steps {last:.4g} is not below the first {window} steps {first:.4g}",
+            )
 
     def as_dicts(self) -> list[dict]:
         return [asdict(f) for f in self.findings]

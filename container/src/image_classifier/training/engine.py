@@ -147,7 +147,16 @@ def train_one_epoch(
             checks.on_step(epoch, float(loss_value), grad_norm)
         if step % log_interval == 0 and world.is_main:
             elapsed = time.perf_counter() - start
-            log.info(format_line("step", epoch=epoch + 1, step=step, loss=float(loss_value), lr=optimizer.param_groups[0]["lr"], throughput=seen * world.size / elapsed))
+            log.info(
+                format_line(
+                    "step",
+                    epoch=epoch + 1,
+                    step=step,
+                    loss=float(loss_value),
+                    lr=optimizer.param_groups[0]["lr"],
+                    throughput=seen * world.size / elapsed,
+                )
+            )
         if any_rank(stop.requested, world, device) if world.distributed else stop.requested:
             on_interrupt(step)
             raise StopRequested(stop.signal_name or "SIGTERM")
@@ -165,7 +174,9 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, precision: Precision, world: World, keep_predictions: bool = False) -> EvalResult:
+def evaluate(
+    model: nn.Module, loader, device: torch.device, precision: Precision, world: World, keep_predictions: bool = False
+) -> EvalResult:
     """Loss and accuracy over the whole split (every sample exactly once across ranks)."""
     model.eval()
     loss_fn = nn.CrossEntropyLoss(reduction="sum")

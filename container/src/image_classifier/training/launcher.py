@@ -66,10 +66,17 @@ def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> in
     else:
         master, port = "127.0.0.1", _free_port()
     command = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nnodes={len(env.hosts)}", f"--node_rank={env.host_rank}", f"--nproc_per_node={procs}",
-        f"--master_addr={master}", f"--master_port={port}",
-        "-m", "image_classifier.training.launcher", *argv,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={len(env.hosts)}",
+        f"--node_rank={env.host_rank}",
+        f"--nproc_per_node={procs}",
+        f"--master_addr={master}",
+        f"--master_port={port}",
+        "-m",
+        "image_classifier.training.launcher",
+        *argv,
     ]
     log.info(format_line("launch", nodes=len(env.hosts), node_rank=env.host_rank, procs_per_node=procs, master=master))
     child = subprocess.Popen(command)

@@ -6,17 +6,16 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import io
 import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from image_classifier import params  # noqa: E402
+from image_classifier import params
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
@@ -88,9 +87,10 @@ def _embedded_png(path: Path) -> str:
 def write_report(report: dict, output_dir: Path) -> None:
     (output_dir / params.REPORT_JSON_FILE).write_text(json.dumps(report, indent=2, default=str) + "\n")
     findings = report.get("findings") or []
-    finding_rows = "".join(
-        f"<tr><td>{html.escape(f['rule'])}</td><td>{f['epoch']}</td><td>{html.escape(f['message'])}</td></tr>" for f in findings
-    ) or '<tr><td colspan="3">no rule fired</td></tr>'
+    finding_rows = (
+        "".join(f"<tr><td>{html.escape(f['rule'])}</td><td>{f['epoch']}</td><td>{html.escape(f['message'])}</td></tr>" for f in findings)
+        or '<tr><td colspan="3">no rule fired</td></tr>'
+    )
     metric_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v}</td></tr>" for k, v in (report.get("final_metrics") or {}).items())
     system_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{v:.3g}</td></tr>" for k, v in (report.get("system") or {}).items())
     timing_rows = "".join(
@@ -99,8 +99,8 @@ def write_report(report: dict, output_dir: Path) -> None:
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Training report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>
-<h1>Training report: {html.escape(str(report.get('job_name')))}</h1>
-<p>model <b>{html.escape(str(report.get('model')))}</b>, {report.get('num_classes')} classes, status <b>{html.escape(str(report.get('status')))}</b></p>
+<h1>Training report: {html.escape(str(report.get("job_name")))}</h1>
+<p>model <b>{html.escape(str(report.get("model")))}</b>, {report.get("num_classes")} classes, status <b>{html.escape(str(report.get("status")))}</b></p>
 <h2>Checks</h2><table><tr><th>rule</th><th>epoch</th><th>evidence</th></tr>{finding_rows}</table>
 <h2>Final metrics</h2><table>{metric_rows}</table>
 <h2>Learning curves</h2>{_embedded_png(output_dir / params.LEARNING_CURVES_FILE)}

@@ -39,8 +39,8 @@ from image_classifier.environment import TrainingEnvironment
 from image_classifier.errors import UserError
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
-from image_classifier.model_card import read_card, save_weights, write_artifact
-from image_classifier.modeling.factory import create_model, data_config_for, build_architecture, load_backbone_weights, replace_head
+from image_classifier.model_card import read_card, write_artifact
+from image_classifier.modeling.factory import build_architecture, create_model, data_config_for, load_backbone_weights, replace_head
 from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
 from image_classifier.training import reports
@@ -48,8 +48,8 @@ from image_classifier.training.checkpoints import load_latest, save_checkpoint
 from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, gather_lists, init_world, shutdown
-from image_classifier.training.engine import Precision, StopFlag, StopRequested, evaluate, train_one_epoch
-from image_classifier.training.precision import choose_amp
+from image_classifier.training.engine import Precision, StopFlag, evaluate, train_one_epoch
+from image_classifier.training.precision import choose_amp, measure_cpu_bf16
 from image_classifier.training.profiling import SystemSampler, trace_window
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,22 @@ BEST_WEIGHTS_FILE = "best-model.safetensors"
 ARGUMENT_GROUPS = {
     "model": ("model", "pretrained", "image_size", "freeze"),
     "optimisation": (
-        "epochs", "batch_size", "optimizer", "lr", "backbone_lr_mult", "weight_decay", "momentum", "scheduler",
-        "warmup_epochs", "step_size", "gamma", "label_smoothing", "clip_grad_norm", "early_stopping_patience",
-        "seed", "deterministic",
+        "epochs",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "backbone_lr_mult",
+        "weight_decay",
+        "momentum",
+        "scheduler",
+        "warmup_epochs",
+        "step_size",
+        "gamma",
+        "label_smoothing",
+        "clip_grad_norm",
+        "early_stopping_patience",
+        "seed",
+        "deterministic",
     ),
     "data": ("augment", "num_workers", "max_bad_fraction"),
     "speed": ("amp", "channels_last", "compile", "processes_per_host"),
@@ -187,7 +200,9 @@ def make_optimizer(model: nn.Module, hp: Hyperparameters) -> torch.optim.Optimiz
     if not groups:
         raise UserError("no trainable parameters: check the freeze hyperparameter")
     for group in groups:
-        log.info(format_line("param_group", name=group["name"], lr=group["lr"], weight_decay=group["weight_decay"], tensors=len(group["params"])))
+        log.info(
+            format_line("param_group", name=group["name"], lr=group["lr"], weight_decay=group["weight_decay"], tensors=len(group["params"]))
+        )
     if hp.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.momentum > 0)
     return torch.optim.AdamW(groups, lr=hp.lr)
@@ -228,7 +243,11 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
     if not use_cuda:
         torch.set_num_threads(max(1, env.num_cpus // procs_here))
     seed_everything(hp.seed + world.rank, hp.deterministic)
-    log.info(format_line("start", job=env.job_name, model=hp.model, device=str(device), world_size=world.size, rank=world.rank, hosts=len(env.hosts)))
+    log.info(
+        format_line(
+            "start", job=env.job_name, model=hp.model, device=str(device), world_size=world.size, rank=world.rank, hosts=len(env.hosts)
+        )
+    )
     try:
         return _run(env, hp, world, device, started)
     finally:
@@ -241,7 +260,16 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     classes = list(train_index.classes)
     indices = [i for i in (train_index, valid_index, test_index) if i is not None]
     kept, bad_images = drop_unreadable(indices, hp, world, workers=max(2, workers))
-    log.info(format_line("data", classes=len(classes), train=len(kept[0]), valid=len(kept[1]), test=len(kept[2]) if test_index else 0, ignored_files=sum(len(i.ignored) for i in indices)))
+    log.info(
+        format_line(
+            "data",
+            classes=len(classes),
+            train=len(kept[0]),
+            valid=len(kept[1]),
+            test=len(kept[2]) if test_index else 0,
+            ignored_files=sum(len(i.ignored) for i in indices),
+        )
+    )
 
     # model
     warm_channel = env.channels.get(params.MODEL_CHANNEL)
@@ -251,17 +279,34 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         replace_head(model, len(classes))
         data_config = data_config_for(hp.model, model, hp.image_size)
         warm_sha = warm_start(warm_channel, model, hp.model, classes, workdir)
-        pretrained_info = {"source": "warm_start", "sha256": warm_sha}
+        pretrained_info: dict[str, str] | None = {"source": "warm_start", "sha256": warm_sha}
     else:
-        built = create_model(hp.model, len(classes), pretrained=hp.pretrained, image_size=hp.image_size, pretrained_channel=env.channels.get(params.PRETRAINED_CHANNEL))
+        built = create_model(
+            hp.model,
+            len(classes),
+            pretrained=hp.pretrained,
+            image_size=hp.image_size,
+            pretrained_channel=env.channels.get(params.PRETRAINED_CHANNEL),
+        )
         model, data_config = built.model, built.data_config
         pretrained_info = built.weights.fingerprint() if built.weights else None
     shutil.rmtree(workdir, ignore_errors=True)
     apply_freeze(model, hp.trainable_stages)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(format_line("model", name=hp.model, freeze=hp.freeze, parameters=sum(p.numel() for p in model.parameters()), trainable=trainable, input_size=data_config.input_size))
+    log.info(
+        format_line(
+            "model",
+            name=hp.model,
+            freeze=hp.freeze,
+            parameters=sum(p.numel() for p in model.parameters()),
+            trainable=trainable,
+            input_size=data_config.input_size,
+        )
+    )
 
-    dtype, needs_scaler = choose_amp(hp.amp, device)
+    dtype, needs_scaler = choose_amp(
+        hp.amp, device, probe=lambda: measure_cpu_bf16(model, data_config.input_size, len(classes), hp.channels_last, min(hp.batch_size, 8))
+    )
     precision = Precision(dtype, torch.amp.GradScaler("cuda") if needs_scaler else None, hp.channels_last)
     model.to(device)
     if hp.channels_last:
@@ -272,7 +317,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     if hp.compile:
         if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
             raise UserError("hyperparameter compile=true needs a C++ compiler on CPU, and none is installed")
-        model = torch.compile(model)
+        model = torch.compile(model)  # type: ignore[assignment]
     if world.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -283,7 +328,9 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             hook.train()
 
     pin = device.type == "cuda"
-    train_loader = make_loader(kept[0], train_transform(data_config, hp.augment), data_config, hp, world, train=True, workers=workers, pin=pin)
+    train_loader = make_loader(
+        kept[0], train_transform(data_config, hp.augment), data_config, hp, world, train=True, workers=workers, pin=pin
+    )
     valid_loader = make_loader(kept[1], eval_transform(data_config), data_config, hp, world, train=False, workers=workers, pin=pin)
     steps_per_epoch = max(1, len(train_loader))
     optimizer = make_optimizer(core, hp)
@@ -342,10 +389,16 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     output_dir.mkdir(parents=True, exist_ok=True)
 
     stopped_early = False
-    with SystemSampler() as sampler, trace_window(
-        hp.profile and world.is_main, hp.profile_start_step, hp.profile_steps,
-        env.tensorboard_dir / params.PROFILER_DIR, output_dir / params.PROFILER_DIR / "top_operators.txt",
-    ) as profiler:
+    with (
+        SystemSampler() as sampler,
+        trace_window(
+            hp.profile and world.is_main,
+            hp.profile_start_step,
+            hp.profile_steps,
+            env.tensorboard_dir / params.PROFILER_DIR,
+            output_dir / params.PROFILER_DIR / "top_operators.txt",
+        ) as profiler,
+    ):
         for epoch in range(start_epoch, hp.epochs):
             skip = start_step * hp.batch_size if epoch == start_epoch else 0
             train_loader.sampler.set_epoch(epoch, skip)
@@ -357,23 +410,46 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                     log.info(format_line("checkpoint", path=path.name, reason="signal", epoch=epoch, step=step))
 
             result = train_one_epoch(
-                model=model, loader=train_loader, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
-                device=device, precision=precision, epoch=epoch, start_step=step0, clip_grad_norm=hp.clip_grad_norm,
-                checks=checks, world=world, stop=stop, on_interrupt=on_interrupt, log_interval=hp.log_interval,
-                profiler=profiler if epoch == start_epoch else None, set_train_mode=set_train_mode,
+                model=model,
+                loader=train_loader,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_fn=loss_fn,
+                device=device,
+                precision=precision,
+                epoch=epoch,
+                start_step=step0,
+                clip_grad_norm=hp.clip_grad_norm,
+                checks=checks,
+                world=world,
+                stop=stop,
+                on_interrupt=on_interrupt,
+                log_interval=hp.log_interval,
+                profiler=profiler if epoch == start_epoch else None,
+                set_train_mode=set_train_mode,
             )
             if hook:
                 hook.eval()
             valid = evaluate(model, valid_loader, device, precision, world)
             bad_images += result.bad_images
             entry = {
-                "epoch": epoch + 1, "train_loss": result.loss, "train_acc": result.accuracy, "valid_loss": valid.loss,
-                "valid_acc": valid.accuracy, "lr": result.lr, "images_per_sec": result.images / max(result.seconds, 1e-9),
-                "epoch_seconds": result.seconds, "data_wait_fraction": result.data_wait_fraction,
+                "epoch": epoch + 1,
+                "train_loss": result.loss,
+                "train_acc": result.accuracy,
+                "valid_loss": valid.loss,
+                "valid_acc": valid.accuracy,
+                "lr": result.lr,
+                "images_per_sec": result.images / max(result.seconds, 1e-9),
+                "epoch_seconds": result.seconds,
+                "data_wait_fraction": result.data_wait_fraction,
             }
             history.append(entry)
-            if world.is_main:
-                log.info(format_line("epoch", **{k: v for k, v in entry.items() if k != "data_wait_fraction"}, data_wait=entry["data_wait_fraction"]))
+            if writer is not None:
+                log.info(
+                    format_line(
+                        "epoch", **{k: v for k, v in entry.items() if k != "data_wait_fraction"}, data_wait=entry["data_wait_fraction"]
+                    )
+                )
                 for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "images_per_sec"):
                     writer.add_scalar(key, entry[key], epoch + 1)
                 writer.flush()
@@ -418,7 +494,22 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
 
     if world.is_main:
         log.info(format_line("final", **final))
-        _write_outputs(env, hp, classes, data_config, core, final, history, evaluation, eval_split, checks, system, pretrained_info, stopped_early, writer)
+        _write_outputs(
+            env,
+            hp,
+            classes,
+            data_config,
+            core,
+            final,
+            history,
+            evaluation,
+            eval_split,
+            checks,
+            system,
+            pretrained_info,
+            stopped_early,
+            writer,
+        )
     barrier(world)
     return final
 
@@ -432,7 +523,9 @@ def save_weights_with_meta(state: dict[str, torch.Tensor], path: Path, best: dic
     os.replace(tmp, path)
 
 
-def _write_outputs(env, hp, classes, data_config, core, final, history, evaluation, eval_split, checks, system, pretrained_info, stopped_early, writer) -> None:
+def _write_outputs(
+    env, hp, classes, data_config, core, final, history, evaluation, eval_split, checks, system, pretrained_info, stopped_early, writer
+) -> None:
     output_dir = env.output_data_dir
     labels = np.asarray(evaluation.labels, dtype=np.int64)
     preds = np.asarray(evaluation.preds, dtype=np.int64)
