@@ -28,7 +28,7 @@ DEMO_HYPERPARAMETERS = {
     "model": "tf_efficientnet_lite0",
     "pretrained": "true",
     "image_size": "80",
-    "epochs": "3",
+    "epochs": "5",
     "batch_size": "64",
     "lr": "0.003",
     "backbone_lr_mult": "0.3",

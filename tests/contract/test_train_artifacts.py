@@ -126,3 +126,17 @@ def test_flags_override_hyperparameters(tmp_path, digits_data):
     result = run_train(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "5"}, args=["--epochs", "1", "--checks", "false"])
     assert result.returncode == 0, result.stdout[-3000:]
     assert json.loads((tmp_path / "output" / "data" / "metrics.json").read_text())["final"]["epochs_completed"] == 1
+
+
+def test_single_training_channel_with_train_valid_test(tmp_path, digits_data):
+    """The dog-breed zip's layout: one `training` channel holding train/ valid/ test/."""
+    from tests.helpers import run_train
+
+    root = tmp_path / "dogImages"
+    root.mkdir()
+    for src, dst in (("train", "train"), ("validation", "valid"), ("test", "test")):
+        (root / dst).symlink_to(digits_data / src, target_is_directory=True)
+    result = run_train(tmp_path / "job", None, {**DIGITS_HPS, "epochs": "1"}, channels={"training": root})
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "event=data classes=10 " in result.stdout
+    assert "test_acc" in read_json(tmp_path / "job" / "output" / "data" / "metrics.json")["final"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tarfile
+
 import pytest
 from safetensors.torch import load_file
 
@@ -92,8 +94,13 @@ def test_warm_start_from_a_previous_artifact(tmp_path, digits_data, digits_job):
     base, _ = digits_job
     from tests.helpers import DIGITS_HPS
 
-    result = run_train(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "1", "lr": "0.0003"}, channels={"model": base / "model"})
+    channel = tmp_path / "model-channel"  # what SageMaker puts in a channel from S3: the model.tar.gz itself
+    channel.mkdir()
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as archive:
+        for path in (base / "model").iterdir():
+            archive.add(path, arcname=path.name)
+    result = run_train(tmp_path / "job", digits_data, {**DIGITS_HPS, "epochs": "1", "lr": "0.0003"}, channels={"model": channel})
     assert result.returncode == 0, result.stdout[-3000:]
     assert "event=warm_start classes_match=True" in result.stdout
-    first = read_json(tmp_path / "output" / "data" / "metrics.json")["history"][0]["valid_acc"]
+    first = read_json(tmp_path / "job" / "output" / "data" / "metrics.json")["history"][0]["valid_acc"]
     assert first >= read_json(base / "output" / "data" / "metrics.json")["final"]["best_valid_acc"] - 0.05
