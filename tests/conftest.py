@@ -83,3 +83,33 @@ def digits_job(tmp_path_factory, digits_data):
     result = run_train(base, digits_data, DIGITS_HPS)
     assert result.returncode == 0, result.stdout[-4000:]
     return base, result
+
+
+@pytest.fixture(scope="session")
+def digits5_job(tmp_path_factory):
+    """A second, differently trained model (5 classes) for the multi-model endpoint."""
+    from local.sample_data import write_digits
+    from tests.helpers import DIGITS_HPS
+
+    data = write_digits(tmp_path_factory.mktemp("digits5-data"), classes=5)
+    base = tmp_path_factory.mktemp("digits5_job")
+    result = run_train(base, data, {**DIGITS_HPS, "epochs": "2", "image_size": "24"})
+    assert result.returncode == 0, result.stdout[-4000:]
+    return base
+
+
+@pytest.fixture(scope="session")
+def sample_images(digits_data) -> dict[str, bytes]:
+    """Real test images of the digits model, encoded as each content type sends them."""
+    import io
+
+    from PIL import Image
+
+    source = sorted((digits_data / "test" / "digit_7").glob("*.png"))[0]
+    image = Image.open(source).convert("RGB").resize((64, 64))
+    out = {}
+    for fmt in ("JPEG", "PNG", "WEBP"):
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        out[fmt.lower()] = buffer.getvalue()
+    return out

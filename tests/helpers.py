@@ -127,3 +127,78 @@ def make_digits_with_formats(dest: Path) -> Path:
     (first_class / "garbage.jpg").write_bytes(b"this is not a jpeg at all" * 10)
     (first_class / "README.txt").write_text("not an image, ignored")
     return dest
+
+
+def free_port() -> int:
+    """A free port below 32768: multi-model-server refuses ephemeral-range port numbers."""
+    import random
+    import socket
+
+    while True:
+        port = random.randint(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            with socket.socket() as neighbour:
+                try:
+                    neighbour.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+
+
+class ServeProcess:
+    """``serve`` as a real process (front + multi-model-server + workers) on 127.0.0.1."""
+
+    def __init__(self, base: Path, tmp: Path, **env: str):
+        import subprocess
+
+        self.port = free_port()
+        self.mms_port = free_port()
+        while abs(self.mms_port - self.port) < 2:
+            self.mms_port = free_port()
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.log_path = tmp / "serve.log"
+        full_env = train_env(base)
+        full_env.update(
+            {"SAGEMAKER_BIND_TO_PORT": str(self.port), "IMAGE_CLASSIFIER_MMS_PORT": str(self.mms_port), "TMPDIR": str(tmp), **env}
+        )
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(["serve"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 180.0) -> list[int]:
+        """Poll /ping until 200; return every status seen on the way."""
+        import time
+
+        import requests
+
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                status = requests.get(f"{self.url}/ping", timeout=2).status_code
+            except requests.ConnectionError:
+                status = 0
+            seen.append(status)
+            if status == 200:
+                return seen
+            time.sleep(0.05)
+        raise AssertionError(f"not ready after {timeout}s:\n{self.log()[-3000:]}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=timeout)
+        self._log.close()
+        return self.process.returncode

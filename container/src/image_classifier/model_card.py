@@ -14,13 +14,15 @@ import platform
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict
-from safetensors.torch import save_file
 
 from image_classifier import __version__, params
 from image_classifier.modeling.weights_io import sha256_of
+
+if TYPE_CHECKING:
+    import torch
 
 
 class Normalisation(BaseModel):
@@ -51,6 +53,7 @@ class ModelCard(BaseModel):
 
 def library_versions() -> dict[str, str]:
     import timm
+    import torch
     import torchvision
 
     return {
@@ -78,6 +81,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> str:
     """Write ``state`` as safetensors atomically; return its sha256."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from image_classifier.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -23,6 +24,9 @@ def sha256_of(path: Path) -> str:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a plain state dict; arbitrary pickled objects are refused by ``weights_only``."""
+    import torch
+    from safetensors.torch import load_file
+
     state: object
     try:
         if path.suffix == ".safetensors":

@@ -1,0 +1,165 @@
+"""Requests in, responses out: content types, base64 JSON, top-k, and the errors a client gets.
+
+Decoding is defensive: the declared size of every image is checked from its header before any
+pixel is decoded (decompression bombs get a 400, not an out-of-memory worker), and every
+failure is a ``RequestError`` with an HTTP status and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from image_classifier import params
+from image_classifier.data.loading import to_rgb
+
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "image/webp", "image/bmp", "image/gif", "image/tiff"})
+JSON_TYPE = "application/json"
+JSONLINES_TYPE = "application/jsonlines"
+ACCEPT_TYPES = (JSON_TYPE, JSONLINES_TYPE)
+
+
+class RequestError(Exception):
+    """A client error: an HTTP status and a reason safe to show (no traceback)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ResponseOptions:
+    accept: str
+    top_k: int
+    probabilities: bool
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def _media_params(header: str | None) -> dict[str, str]:
+    out = {}
+    for part in (header or "").split(";")[1:]:
+        key, _, value = part.partition("=")
+        out[key.strip().lower()] = value.strip().lower()
+    return out
+
+
+def parse_custom_attributes(header: str | None) -> dict[str, str]:
+    """``X-Amzn-SageMaker-Custom-Attributes: top_k=3,probabilities=true``."""
+    out = {}
+    for part in (header or "").replace(";", ",").split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def response_options(accept_header: str | None, attributes_header: str | None, num_classes: int) -> ResponseOptions:
+    accepted = [a.strip() for a in (accept_header or "").split(",") if a.strip()]
+    chosen = None
+    wants_probabilities = False
+    for candidate in accepted or ["*/*"]:
+        kind = media_type(candidate)
+        if kind in ("*/*", "application/*", ""):
+            chosen = JSON_TYPE
+        elif kind in ACCEPT_TYPES:
+            chosen = kind
+        else:
+            continue
+        wants_probabilities = _media_params(candidate).get("verbose") in ("true", "1", "yes")
+        break
+    if chosen is None:
+        raise RequestError(406, f"unsupported accept type {accept_header!r}; use {' or '.join(ACCEPT_TYPES)}")
+    attributes = parse_custom_attributes(attributes_header)
+    top_k = params.DEFAULT_TOP_K
+    if "top_k" in attributes:
+        try:
+            top_k = int(attributes["top_k"])
+        except ValueError:
+            raise RequestError(400, f"custom attribute top_k={attributes['top_k']!r} is not an integer") from None
+        if top_k < 1:
+            raise RequestError(400, f"custom attribute top_k={top_k} must be at least 1")
+    if attributes.get("probabilities", "").lower() in ("true", "1", "yes"):
+        wants_probabilities = True
+    return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities)
+
+
+def decode_image(data: bytes, what: str = "image") -> Image.Image:
+    if not data:
+        raise RequestError(400, f"{what} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width < 1 or height < 1 or width * height > params.MAX_IMAGE_PIXELS:
+                raise RequestError(400, f"{what} declares {width}x{height} pixels; at most {params.MAX_IMAGE_PIXELS} are accepted")
+            image.load()
+            return to_rgb(image)
+    except RequestError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RequestError(400, f"{what} is too large to decode: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad bytes; all are the client's
+        raise RequestError(400, f"{what} could not be decoded as an image ({type(exc).__name__})") from None
+
+
+def decode_request(body: bytes, content_type: str | None) -> list[Image.Image]:
+    """One image for raw image bodies; one or many for JSON ``{"instances": [{"b64": ...}]}``."""
+    kind = media_type(content_type)
+    if kind in IMAGE_TYPES:
+        return [decode_image(body)]
+    if kind != JSON_TYPE:
+        raise RequestError(
+            415, f"unsupported content type {content_type!r}; use image/jpeg, image/png, application/x-image or application/json"
+        )
+    if not body:
+        raise RequestError(400, "request body is empty")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "request body is not valid JSON") from None
+    instances = document.get("instances") if isinstance(document, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(400, 'JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]} with at least one instance')
+    if len(instances) > params.MAX_IMAGES_PER_REQUEST:
+        raise RequestError(400, f"{len(instances)} instances in one request; at most {params.MAX_IMAGES_PER_REQUEST}")
+    images = []
+    for i, instance in enumerate(instances):
+        encoded = instance.get("b64") if isinstance(instance, dict) else instance if isinstance(instance, str) else None
+        if not isinstance(encoded, str):
+            raise RequestError(400, f'instances[{i}] must be {{"b64": "<base64 image>"}}')
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
+        images.append(decode_image(raw, f"instances[{i}]"))
+    return images
+
+
+def encode_predictions(probabilities: list[list[float]], classes: list[str], options: ResponseOptions) -> tuple[bytes, str]:
+    """JSON ``{"predictions": [...]}`` or one JSON line per image (batch transform)."""
+    predictions = []
+    for row in probabilities:
+        order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[: options.top_k]
+        top = [{"label": classes[i], "index": i, "probability": row[i]} for i in order]
+        entry: dict = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        if options.probabilities:
+            entry["probabilities"] = row
+        predictions.append(entry)
+    if options.accept == JSONLINES_TYPE:
+        return "".join(json.dumps(p) + "\n" for p in predictions).encode(), JSONLINES_TYPE
+    return json.dumps({"predictions": predictions}).encode(), JSON_TYPE
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()

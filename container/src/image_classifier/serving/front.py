@@ -1,0 +1,221 @@
+"""The public HTTP front on :8080: SageMaker's serving API, shaped errors, forwarding to MMS.
+
+Why a front: MMS's own /ping answers 200 while its workers are dead, /execution-parameters is
+not in the released wheel, and an oversized body gets a bare 413 before any handler runs. The
+front owns those, refuses bad requests cheaply (size, content type, accept) before a worker
+sees them, turns every error into JSON ``{"error": ...}`` with a real status, and speaks
+SageMaker's multi-model protocol by translating it to MMS's management API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from image_classifier import params
+from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
+from image_classifier.serving.config import ServingConfig
+from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
+
+log = logging.getLogger(__name__)
+FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Front:
+    def __init__(self, config: ServingConfig, model_store: Path):
+        self.config = config
+        self.model_store = model_store
+        self.session: aiohttp.ClientSession | None = None
+        self.loaded_ok = False  # single-model mode: set once MMS has loaded the model
+        self._ping_cache: tuple[float, bool] = (0.0, False)
+
+    # --- plumbing ------------------------------------------------------------------------
+    async def start_session(self, _app=None) -> None:
+        connector = aiohttp.TCPConnector(limit=256, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds + 5)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def close_session(self, _app=None) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def mms(self, path: str, management: bool = False) -> str:
+        port = self.config.mms_management_port if management else self.config.mms_port
+        return f"http://127.0.0.1:{port}{path}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.max_payload_bytes, middlewares=[self.errors_as_json])
+        app.on_startup.append(self.start_session)
+        app.on_cleanup.append(self.close_session)
+        app.add_routes(
+            [
+                web.get("/ping", self.ping),
+                web.get("/execution-parameters", self.execution_parameters),
+                web.post("/invocations", self.invocations),
+                web.get("/models", self.list_models),
+                web.post("/models", self.load_model),
+                web.get("/models/{name}", self.describe_model),
+                web.delete("/models/{name}", self.unload_model),
+                web.post("/models/{name}/invoke", self.invoke_model),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def errors_as_json(self, request: web.Request, handler):
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"request body exceeds the {self.config.max_payload_mb} MB limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return json_error(exc.status, exc.reason)
+        except RequestError as exc:
+            return json_error(exc.status, exc.message)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("event=mms_unreachable error=%s", type(exc).__name__)
+            return json_error(503, "model server unavailable")
+        except Exception:
+            log.exception("event=front_error path=%s", request.path)
+            return json_error(500, "internal server error")
+
+    # --- health and batch transform -------------------------------------------------------
+    async def ping(self, _request: web.Request) -> web.Response:
+        healthy = await self._healthy()
+        if healthy:
+            return web.json_response({"status": "healthy"})
+        return json_error(503, "model not loaded" if not self.config.multi_model else "model server not ready")
+
+    async def _healthy(self) -> bool:
+        checked_at, cached = self._ping_cache
+        if time.monotonic() - checked_at < 0.5:
+            return cached
+        assert self.session is not None
+        try:
+            if self.config.multi_model:
+                async with self.session.get(self.mms("/ping")) as response:
+                    healthy = response.status == 200
+            elif not self.loaded_ok:
+                healthy = False
+            else:
+                async with self.session.get(self.mms(f"/models/{params.SINGLE_MODEL_NAME}", management=True)) as response:
+                    healthy = response.status == 200 and describe_ready(await response.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            healthy = False
+        self._ping_cache = (time.monotonic(), healthy)
+        return healthy
+
+    async def execution_parameters(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "MaxConcurrentTransforms": self.config.max_concurrent_transforms,
+                "BatchStrategy": "SINGLE_RECORD",  # one image file is one record
+                "MaxPayloadInMB": self.config.max_payload_mb,
+            }
+        )
+
+    # --- inference -------------------------------------------------------------------------
+    async def invocations(self, request: web.Request) -> web.Response:
+        if self.config.multi_model:
+            return json_error(404, "multi-model endpoint: invoke /models/<name>/invoke (TargetModel)")
+        return await self._predict(request, params.SINGLE_MODEL_NAME)
+
+    async def invoke_model(self, request: web.Request) -> web.Response:
+        return await self._predict(request, request.match_info["name"])
+
+    async def _predict(self, request: web.Request, model: str) -> web.Response:
+        self._check_request(request)
+        body = await request.read()
+        if not body:
+            raise RequestError(400, "request body is empty")
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        assert self.session is not None
+        async with self.session.post(self.mms(f"/predictions/{model}"), data=body, headers=headers) as response:
+            payload = await response.read()
+            content_type = response.headers.get("Content-Type", JSON_TYPE)
+            if response.status == 200:
+                return web.Response(body=payload, status=200, headers={"Content-Type": content_type})
+            if response.status == 404:
+                return json_error(404, f"model {model!r} is not loaded")
+            message = error_message(payload, response.reason or "model server error")
+            return json_error(response.status, message)
+
+    def _check_request(self, request: web.Request) -> None:
+        """Refuse before reading: oversized bodies, unsupported content types and accept types."""
+        length = request.content_length
+        if length is not None and length > self.config.max_payload_bytes:
+            raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_payload_bytes, actual_size=length)
+        kind = media_type(request.headers.get("Content-Type"))
+        if kind not in IMAGE_TYPES and kind != JSON_TYPE:
+            raise RequestError(
+                415,
+                f"unsupported content type {request.headers.get('Content-Type')!r}; use image/jpeg, image/png, application/x-image or application/json",
+            )
+        response_options(request.headers.get("Accept"), request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER), 10**6)
+
+    # --- multi-model protocol (SageMaker -> container) ------------------------------------------
+    def _require_multi_model(self) -> None:
+        if not self.config.multi_model:
+            raise RequestError(404, "model management is only available with SAGEMAKER_MULTI_MODEL=true")
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        self._require_multi_model()
+        try:
+            document = await request.json()
+            name, url = str(document["model_name"]), str(document["url"])
+        except (ValueError, KeyError, TypeError):
+            raise RequestError(400, 'body must be JSON {"model_name": ..., "url": ...}') from None
+        assert self.session is not None
+        async with self.session.get(self.mms(f"/models/{name}", management=True)) as response:
+            if response.status == 200:
+                return json_error(409, f"model {name!r} is already loaded")
+        if not Path(url).is_dir():
+            return json_error(404, f"model {name!r}: {url} is not a folder")
+        entry = link_into_store(self.model_store, name, url)
+        async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
+            payload = await response.read()
+            if response.status == 200:
+                log.info("event=model_registered name=%s", name)
+                return web.json_response({"status": f"model {name!r} loaded"})
+            message = error_message(payload, "model could not be loaded")
+            status = 507 if "memory" in message.lower() else 500 if response.status >= 500 else 400
+            return json_error(status, f"model {name!r} could not be loaded: {message}")
+
+    async def list_models(self, _request: web.Request) -> web.Response:
+        self._require_multi_model()
+        assert self.session is not None
+        async with self.session.get(self.mms("/models", management=True)) as response:
+            document = await response.json(content_type=None)
+        models = [{"modelName": m.get("modelName"), "modelUrl": m.get("modelUrl")} for m in document.get("models", [])]
+        return web.json_response({"models": models})
+
+    async def describe_model(self, request: web.Request) -> web.Response:
+        self._require_multi_model()
+        name = request.match_info["name"]
+        assert self.session is not None
+        async with self.session.get(self.mms(f"/models/{name}", management=True)) as response:
+            if response.status == 404:
+                return json_error(404, f"model {name!r} is not loaded")
+            document = await response.json(content_type=None)
+        return web.json_response(document[0] if isinstance(document, list) and document else document)
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        self._require_multi_model()
+        name = request.match_info["name"]
+        assert self.session is not None
+        async with self.session.delete(self.mms(f"/models/{name}", management=True)) as response:
+            if response.status == 404:
+                return json_error(404, f"model {name!r} is not loaded")
+            if response.status != 200:
+                return json_error(500, error_message(await response.read(), "unload failed"))
+        log.info("event=model_unregistered name=%s", name)
+        return web.json_response({"status": f"model {name!r} unloaded"})

@@ -1,0 +1,154 @@
+"""Run multi-model-server as a child we own: generated config, private temp dir, own session.
+
+``sagemaker_inference.model_server.start_model_server`` hard-codes /etc paths and refuses to
+start beside another MMS; starting MMS in the foreground ourselves gives full control of paths,
+ports and shutdown. MMS listens on 127.0.0.1 only; the front owns the public port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+from image_classifier import params
+from image_classifier.serving.config import ServingConfig
+
+log = logging.getLogger(__name__)
+HANDLER = "image_classifier.serving.handler_service:handle"
+JVM_HEAP = "-Xms256m -Xmx512m"  # fixed heap: Java RSS stays flat under load
+
+
+def mms_properties(config: ServingConfig, workdir: Path) -> dict[str, str]:
+    return {
+        "inference_address": f"http://127.0.0.1:{config.mms_port}",
+        "management_address": f"http://127.0.0.1:{config.mms_management_port}",
+        "model_store": str(workdir / "model-store"),
+        "default_service_handler": HANDLER,
+        "default_workers_per_model": str(config.workers),
+        "decode_input_request": "false",
+        "job_queue_size": "1000",
+        # the front enforces SAGEMAKER_MAX_PAYLOAD_IN_MB with a JSON 413; MMS must not cut in first
+        "max_request_size": str(config.max_payload_bytes + 1024 * 1024),
+        "max_response_size": str(64 * 1024 * 1024),
+        "default_response_timeout": str(config.timeout_seconds),
+        "unregister_model_timeout": str(config.timeout_seconds),
+        "preload_model": "false",
+        "vmargs": f"{JVM_HEAP} -XX:+UseContainerSupport -XX:-UseLargePages -Dlog4j2.formatMsgNoLookups=true",
+    }
+
+
+class ModelServer:
+    def __init__(self, config: ServingConfig, workdir: Path):
+        self.config = config
+        self.workdir = workdir
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        (self.workdir / "model-store").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        properties = self.workdir / "config.properties"
+        properties.write_text("".join(f"{k}={v}\n" for k, v in mms_properties(self.config, self.workdir).items()))
+        env = {
+            **os.environ,
+            "TMPDIR": str(self.workdir / "tmp"),  # MMS's pid file lives there
+            "PYTHONUNBUFFERED": "1",
+            params.THREADS_ENV: str(self.config.threads_per_worker),
+            "OMP_NUM_THREADS": str(self.config.threads_per_worker),
+        }
+        mms = Path(sys.executable).with_name("multi-model-server")
+        command = [str(mms), "--start", "--foreground", "--mms-config", str(properties), "--model-store", str(self.workdir / "model-store")]
+        self.process = subprocess.Popen(command, env=env, cwd=self.workdir, start_new_session=True)
+        log.info(
+            "event=mms_started pid=%d inference_port=%d management_port=%d",
+            self.process.pid,
+            self.config.mms_port,
+            self.config.mms_management_port,
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM to the whole process group (java and every Python worker), SIGKILL after ``grace``."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.1)
+            if not _group_alive(pgid):
+                break
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        log.info("event=mms_stopped")
+
+
+def _group_alive(pgid: int) -> bool:
+    """Reap what has exited in the group (as PID 1 in a container, orphans are ours), then probe."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-pgid, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def link_into_store(store: Path, name: str, model_dir: str) -> str:
+    """MMS loads only from its model store: link the artifact folder in under a safe name."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "model"
+    link = store / safe
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(model_dir).resolve(), target_is_directory=True)
+    return safe
+
+
+def register_query(config: ServingConfig, name: str, store_entry: str) -> str:
+    """The management-API query that loads a model (what SageMaker's multi-model protocol asks)."""
+    return urlencode(
+        {
+            "url": store_entry,
+            "model_name": name,
+            "initial_workers": config.workers,
+            "batch_size": config.batch_size,
+            "max_batch_delay": config.max_batch_delay_ms,
+            "response_timeout": config.timeout_seconds,
+            "synchronous": "true",
+        }
+    )
+
+
+def describe_ready(document) -> bool:
+    """True if MMS's describe-model answer shows at least one worker READY."""
+    models = document if isinstance(document, list) else [document]
+    return any(w.get("status") == "READY" for m in models if isinstance(m, dict) for w in m.get("workers", []))
+
+
+def error_message(body: bytes, fallback: str) -> str:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return fallback
+    if isinstance(document, dict):
+        return str(document.get("error") or document.get("message") or fallback)
+    return fallback

@@ -1,0 +1,75 @@
+"""Load a model artifact for inference, exactly as the model card describes it.
+
+The card drives everything (architecture, classes, input size, normalisation). The weights'
+sha256 is checked against the card before they are read, and only safetensors are read: a
+corrupt, swapped or pickled artifact fails start-up with a reason, never half-loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from pydantic import ValidationError
+
+from image_classifier import params
+from image_classifier.data.presets import DataConfig, eval_transform
+from image_classifier.errors import UserError
+from image_classifier.model_card import ModelCard, read_card
+from image_classifier.modeling.factory import build_architecture
+from image_classifier.modeling.weights_io import sha256_of
+
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    def __init__(self, model_dir: Path, threads: int | None = None):
+        started = time.perf_counter()
+        if threads:
+            torch.set_num_threads(threads)
+        self.card = load_card(model_dir)
+        weights = model_dir / self.card.weights_file
+        if weights.suffix != ".safetensors":
+            raise UserError(f"refusing to load {weights.name}: only safetensors weights are served")
+        if not weights.is_file():
+            raise UserError(f"model artifact incomplete: {weights} is missing")
+        digest = sha256_of(weights)
+        if digest != self.card.weights_sha256:
+            raise UserError(f"{weights.name} sha256 {digest[:12]}... does not match the model card's {self.card.weights_sha256[:12]}...")
+        from safetensors.torch import load_file
+
+        model = build_architecture(self.card.architecture, self.card.num_classes)
+        try:
+            model.load_state_dict(load_file(str(weights)))
+        except RuntimeError as exc:
+            raise UserError(f"weights do not fit {self.card.architecture}: {str(exc)[:300]}") from None
+        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.classes = list(self.card.classes)
+        self.transform = eval_transform(DataConfig(**self.card.preprocessing.model_dump()))
+        self.predict([Image.new("RGB", (self.card.preprocessing.input_size,) * 2)])  # warm-up
+        log.info(
+            "event=model_loaded architecture=%s classes=%d threads=%d seconds=%.2f",
+            self.card.architecture,
+            len(self.classes),
+            torch.get_num_threads(),
+            time.perf_counter() - started,
+        )
+
+    @torch.inference_mode()
+    def predict(self, images: list[Image.Image]) -> list[list[float]]:
+        """Class probabilities for each image, the whole list as one batch."""
+        batch = torch.stack([self.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+        return self.model(batch).float().softmax(dim=1).tolist()
+
+
+def load_card(model_dir: Path) -> ModelCard:
+    path = model_dir / params.MODEL_CARD_FILE
+    if not path.is_file():
+        raise UserError(f"no model artifact: {path} is missing")
+    try:
+        return read_card(model_dir)
+    except (ValueError, ValidationError) as exc:
+        raise UserError(f"{path.name} is not a valid model card: {str(exc).splitlines()[0][:200]}") from None
