@@ -21,9 +21,11 @@ $(STAMP): $(LOCKS) container/pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
+# system packages: the offline sample photos, curl (the demo queries the server with it), Java 17 (multi-model-server)
 $(FASHION):
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist curl
+	command -v java >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
 
 $(WEIGHTS): $(STAMP)
 	$(PY) -m local.convert_weights --out $@

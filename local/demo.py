@@ -4,7 +4,9 @@
    SageMaker channel layout, with the EfficientNet-Lite0 ImageNet weights as the
    ``pretrained`` channel;
 2. runs ``train`` exactly as SageMaker would (``SAGEMAKER_BASE_DIR=local/opt_ml``);
-3. prints the test accuracy and where every artifact is.
+3. prints the test accuracy and where every artifact is;
+4. starts ``serve`` on the trained model (as ``docker run IMAGE serve`` would), queries
+   ``/invocations`` with a test photo through curl, prints the top-5 and stops the server.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from local.sample_data import write_config, write_fashion
@@ -70,6 +74,37 @@ def main() -> None:
     print(f"curves, matrix:   {base / 'output' / 'data'}")
     print(f"tensorboard:      tensorboard --logdir {base / 'output' / 'tensorboard'}")
     print(f"checkpoints:      {base / 'checkpoints'}")
+    serve_and_query(base, env)
+
+
+def serve_and_query(base: Path, env: dict[str, str], port: int = 8080) -> None:
+    sample = sorted((base / "input" / "data" / "test" / "sneaker").glob("*.png"))[0]
+    print(f"\n== serve on :{port} (multi-model-server + front), then query it with {sample.name} (a sneaker)", flush=True)
+    server = subprocess.Popen(["serve"], env={**env, "SAGEMAKER_BIND_TO_PORT": str(port)})
+    try:
+        started = time.perf_counter()
+        while True:
+            if server.poll() is not None:
+                sys.exit(f"serve exited with {server.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.perf_counter() - started > 180:
+                sys.exit("serve did not become healthy within 180 s")
+            time.sleep(0.5)
+        print(f"/ping 200 after {time.perf_counter() - started:.1f} s")
+        command = ["curl", "-sS", "-X", "POST", "-H", "Content-Type: image/png", "--data-binary", f"@{sample}", f"http://127.0.0.1:{port}/invocations"]
+        print("$ " + " ".join(command))
+        answer = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        for rank, entry in enumerate(answer["predictions"][0]["top_k"], 1):
+            print(f"  {rank}. {entry['label']:<12} {entry['probability']:.3f}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        print("serve stopped")
 
 
 if __name__ == "__main__":

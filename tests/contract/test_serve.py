@@ -32,6 +32,7 @@ def server(digits_job, tmp_path_factory):
         IMAGE_CLASSIFIER_MAX_BATCH_DELAY_MS="50",
     )
     proc.seen_before_ready = proc.wait_ready()
+    proc.workers_at_start = _workers(proc)
     yield proc
     proc.stop()
 
@@ -218,3 +219,16 @@ def test_model_card_drives_preprocessing(digits_job, reference):
     card = json.loads((Path(digits_job[0]) / "model" / "model_card.json").read_text())
     assert reference.classes == card["classes"]
     assert list(reference.transform.transforms[1].size) == [card["preprocessing"]["input_size"]] * 2
+
+
+def _workers(proc) -> list[tuple[str, str, str]]:
+    """The MMS workers behind the front (its management API listens on 127.0.0.1 only)."""
+    described = requests.get(f"http://127.0.0.1:{proc.mms_port + 1}/models/model", timeout=10).json()
+    return sorted((w["id"], w["startTime"], w["status"]) for w in described[0]["workers"])
+
+
+def test_no_worker_died_during_this_module(server):
+    """Runs last: after every error above, the very same two workers are still READY."""
+    assert len(server.workers_at_start) == 2
+    assert _workers(server) == server.workers_at_start
+    assert all(status == "READY" for *_, status in server.workers_at_start)
