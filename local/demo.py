@@ -96,7 +96,17 @@ def serve_and_query(base: Path, env: dict[str, str], port: int = 8080) -> None:
                 sys.exit("serve did not become healthy within 180 s")
             time.sleep(0.5)
         print(f"/ping 200 after {time.perf_counter() - started:.1f} s")
-        command = ["curl", "-sS", "-X", "POST", "-H", "Content-Type: image/png", "--data-binary", f"@{sample}", f"http://127.0.0.1:{port}/invocations"]
+        command = [
+            "curl",
+            "-sS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: image/png",
+            "--data-binary",
+            f"@{sample}",
+            f"http://127.0.0.1:{port}/invocations",
+        ]
         print("$ " + " ".join(command))
         answer = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         for rank, entry in enumerate(answer["predictions"][0]["top_k"], 1):
