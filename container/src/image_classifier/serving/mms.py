@@ -25,6 +25,29 @@ HANDLER = "image_classifier.serving.handler_service:handle"
 JVM_HEAP = "-Xms256m -Xmx512m"  # fixed heap: Java RSS stays flat under load
 
 
+# Everything to stdout (CloudWatch reads it), MMS at INFO; its per-request access and metric
+# lines would double every request in the log and are off. Worker output (our event= lines)
+# reaches stdout through MMS's WorkerLifeCycle logger.
+LOG4J2 = """<?xml version="1.0" encoding="UTF-8"?>
+<Configuration>
+  <Appenders>
+    <Console name="STDOUT" target="SYSTEM_OUT"><PatternLayout pattern="%d{ISO8601} [%-5p] %t %c - %m%n"/></Console>
+  </Appenders>
+  <Loggers>
+    <Logger name="ACCESS_LOG" level="off"/>
+    <Logger name="MODEL_METRICS" level="off"/>
+    <Logger name="MMS_METRICS" level="off"/>
+    <Logger name="MODEL_LOG" level="info"/>
+    <Logger name="io.netty" level="error"/>
+    <Logger name="org.apache" level="off"/>
+    <Logger name="com.amazonaws.ml.mms" level="info"/>
+    <Logger name="com.amazonaws.ml.mms.wlm.WorkerThread" level="warn"/>
+    <Root level="info"><AppenderRef ref="STDOUT"/></Root>
+  </Loggers>
+</Configuration>
+"""
+
+
 def mms_properties(config: ServingConfig, workdir: Path) -> dict[str, str]:
     return {
         "inference_address": f"http://127.0.0.1:{config.mms_port}",
@@ -55,6 +78,8 @@ class ModelServer:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         properties = self.workdir / "config.properties"
         properties.write_text("".join(f"{k}={v}\n" for k, v in mms_properties(self.config, self.workdir).items()))
+        log_config = self.workdir / "log4j2.xml"
+        log_config.write_text(LOG4J2)
         env = {
             **os.environ,
             "TMPDIR": str(self.workdir / "tmp"),  # MMS's pid file lives there
@@ -63,7 +88,17 @@ class ModelServer:
             "OMP_NUM_THREADS": str(self.config.threads_per_worker),
         }
         mms = Path(sys.executable).with_name("multi-model-server")
-        command = [str(mms), "--start", "--foreground", "--mms-config", str(properties), "--model-store", str(self.workdir / "model-store")]
+        command = [
+            str(mms),
+            "--start",
+            "--foreground",
+            "--mms-config",
+            str(properties),
+            "--model-store",
+            str(self.workdir / "model-store"),
+            "--log-config",
+            str(log_config),
+        ]
         self.process = subprocess.Popen(command, env=env, cwd=self.workdir, start_new_session=True)
         log.info(
             "event=mms_started pid=%d inference_port=%d management_port=%d",
