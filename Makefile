@@ -10,7 +10,7 @@ WEIGHTS := local/weights/tf_efficientnet_lite0.safetensors
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: venv demo test test-fast test-full lint format locks clean
+.PHONY: venv demo local-data test test-fast test-full lint format locks clean
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): $(LOCKS) container/pyproject.toml
 # system packages: the offline sample photos, curl (the demo queries the server with it), Java 17 (multi-model-server)
 $(FASHION):
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist curl
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist curl shellcheck
 	command -v java >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
 
 $(WEIGHTS): $(STAMP)
@@ -32,6 +32,10 @@ $(WEIGHTS): $(STAMP)
 
 demo: $(STAMP) $(FASHION) $(WEIGHTS)
 	$(PY) -m local.demo
+
+# the one data step before `docker compose up`: ./local/opt_ml as /opt/ml
+local-data: $(STAMP) $(FASHION) $(WEIGHTS)
+	$(PY) -m local.demo --prepare-only
 
 test: $(STAMP) $(FASHION) lint
 	$(PYTEST) -m "not gpu" tests

@@ -55,6 +55,9 @@ def prepare(base: Path = BASE) -> Path:
 
 def main() -> None:
     base = prepare()
+    if "--prepare-only" in sys.argv[1:]:
+        print(f"wrote {base} (data channels, pretrained channel, config); next: docker compose up")
+        return
     print(f"== data: {base / 'input' / 'data'} (Fashion-MNIST, 2,000 train / 400 validation / 1,000 test images)")
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     started = time.perf_counter()

@@ -315,8 +315,11 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     hook = create_hook(env.debug_hook_config, core, loss_fn)
     if hp.compile:
-        if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
-            raise UserError("hyperparameter compile=true needs a C++ compiler on CPU, and none is installed")
+        # Inductor builds C++ kernels on CPU and Triton launchers (with a C compiler) on GPU;
+        # the image ships without compilers, so say so instead of failing deep inside torch.
+        compiler = os.environ.get("CXX", "g++") if device.type == "cpu" else os.environ.get("CC", "gcc")
+        if not shutil.which(compiler):
+            raise UserError(f"hyperparameter compile=true needs a compiler ({compiler}) and none is installed; use compile=false")
         model = torch.compile(model)  # type: ignore[assignment]
     if world.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
