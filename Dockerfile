@@ -40,9 +40,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /opt/venv /opt/venv
-# Weights baked in at build time (network isolation, no pretrained channel needed): put
-# <model>.safetensors into docker/pretrained/ before building (deploy/ does it for ResNet-50).
-COPY docker/pretrained/ /opt/pretrained/
+# Weights baked in at build time (network isolation, no pretrained channel needed): the
+# build-context folder PRETRAINED_DIR holds <model>.safetensors files (deploy/ fills it for ResNet-50).
+ARG PRETRAINED_DIR=docker/pretrained
+COPY ${PRETRAINED_DIR}/ /opt/pretrained/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -5,12 +5,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LOCKS := docker/requirements.lock deploy/requirements.lock tests/requirements.lock
-FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WEIGHTS := local/weights/tf_efficientnet_lite0.safetensors
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: venv demo local-data test test-fast test-full lint format locks clean
+.PHONY: system-deps system-deps-test venv demo local-data test test-fast test-full lint format locks clean
 
 venv: $(STAMP)
 
@@ -21,26 +19,26 @@ $(STAMP): $(LOCKS) container/pyproject.toml
 	$(PY) -m pip check
 	touch $@
 
-# system packages: the offline sample photos, curl (the demo queries the server with it), Java 17 (multi-model-server)
-$(FASHION):
-	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist curl shellcheck
-	command -v java >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
+system-deps:
+	local/system_deps.sh
+
+system-deps-test:
+	local/system_deps.sh --test
 
 $(WEIGHTS): $(STAMP)
 	$(PY) -m local.convert_weights --out $@
 
-demo: $(STAMP) $(FASHION) $(WEIGHTS)
+demo: system-deps $(STAMP) $(WEIGHTS)
 	$(PY) -m local.demo
 
 # the one data step before `docker compose up`: ./local/opt_ml as /opt/ml
-local-data: $(STAMP) $(FASHION) $(WEIGHTS)
+local-data: system-deps $(STAMP) $(WEIGHTS)
 	$(PY) -m local.demo --prepare-only
 
-test: $(STAMP) $(FASHION) lint
+test: system-deps-test $(STAMP) lint
 	$(PYTEST) -m "not gpu" tests
 
-test-fast: $(STAMP) $(FASHION)
+test-fast: system-deps-test $(STAMP)
 	$(PYTEST) -m "not slow and not container and not aws and not gpu" tests/unit tests/contract
 
 test-full: test
