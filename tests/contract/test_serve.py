@@ -224,7 +224,8 @@ def test_model_card_drives_preprocessing(digits_job, reference):
 def _workers(proc) -> list[tuple[str, str, str]]:
     """The MMS workers behind the front (its management API listens on 127.0.0.1 only)."""
     described = requests.get(f"http://127.0.0.1:{proc.mms_port + 1}/models/model", timeout=10).json()
-    return sorted((w["id"], w["startTime"], w["status"]) for w in described[0]["workers"])
+    model = described[0] if isinstance(described, list) else described
+    return sorted((w["id"], w["startTime"], w["status"]) for w in model["workers"])
 
 
 def test_no_worker_died_during_this_module(server):
