@@ -37,8 +37,7 @@ def image(engine, build_args) -> str:
     BUILD_FACTS["build_seconds"] = round(time.monotonic() - started, 1)
     size = int(engine.docker("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout.strip())
     BUILD_FACTS["image_gb"] = round(size / 1e9, 2)
-    engine.docker("image", "prune", "-f", check=False)
-    return IMAGE
+    return IMAGE  # dangling builder-stage layers are pruned when the engine stops, not before: later builds reuse them
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
