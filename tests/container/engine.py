@@ -66,8 +66,9 @@ class DockerEngine:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"dockerd exited:\n{(self.tmp / 'dockerd.log').read_text()[-3000:]}")
-            if run(["docker", "version"], self.env, check=False, timeout=10).returncode == 0:
-                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if run(["docker", "version"], self.env, check=False, timeout=10).returncode == 0:
+                    break
             time.sleep(0.5)
         else:
             raise AssertionError("dockerd did not answer")

@@ -7,6 +7,8 @@ import requests
 
 from tests.helpers import ServeProcess
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def mme(digits_job, tmp_path_factory):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from tests.helpers import DIGITS_HPS, read_json, run_train
 
 
@@ -24,6 +26,7 @@ def test_huge_learning_rate_fires_exploding_gradients(tmp_path, digits_data):
     assert "exploding_gradients" in _findings(tmp_path)
 
 
+@pytest.mark.slow
 def test_tiny_training_set_fires_overfitting(tmp_path, digits_data):
     data = tmp_path / "d"
     shutil.copytree(digits_data, data)

@@ -51,6 +51,7 @@ def test_sigterm_mid_epoch_then_resume(tmp_path, digits_data, digits_job):
     assert abs(metrics["final"]["test_acc"] - reference) <= 0.08, (metrics["final"]["test_acc"], reference)
 
 
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, digits_data):
     hps = {**DIGITS_HPS, "epochs": "1"}
     write_job(tmp_path, digits_data, hps)

@@ -1,0 +1,87 @@
+"""SageMaker local mode: the SDK v2 trains the image, deploys it locally and predicts.
+
+The same calls as on AWS, run by ``LocalSession`` with Docker on this machine: ``file://`` data,
+``instance_type="local"`` (or ``"local_gpu"``), ``instance_count`` > 1 for multi-host DDP over
+a Docker network. Local mode publishes the endpoint on port 8080 of every interface (its own
+behaviour).
+
+    python -m local.local_mode --image image-classifier:local --data local/opt_ml/input/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from image_classifier.metrics import metric_definitions
+
+DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
+
+
+def _quiet_sdk() -> None:
+    """No telemetry, no v2 banner, no network: every SDK call would otherwise try to phone home."""
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    config = Path(tempfile.gettempdir()) / "sagemaker-telemetry-opt-out.yaml"
+    config.write_text("SchemaVersion: \"1.0\"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+
+
+def train(image: str, data: Path, output: Path, hyperparameters: dict[str, str], instance_type: str = "local", instance_count: int = 1):
+    _quiet_sdk()
+    import boto3
+    from sagemaker.estimator import Estimator
+    from sagemaker.local import LocalSession
+
+    session = LocalSession(boto_session=boto3.Session(region_name=os.environ["AWS_DEFAULT_REGION"]))
+    session.config = {"local": {"local_code": True, "container_root": str(output / "containers")}}
+    (output / "containers").mkdir(parents=True, exist_ok=True)
+    estimator = Estimator(
+        image_uri=image,
+        role=DUMMY_ROLE,
+        instance_count=instance_count,
+        instance_type=instance_type,
+        output_path=f"file://{output.resolve()}",
+        hyperparameters=hyperparameters,
+        metric_definitions=metric_definitions(),
+        sagemaker_session=session,
+    )
+    channels = {p.name: f"file://{p.resolve()}" for p in sorted(data.iterdir()) if p.is_dir()}
+    estimator.fit(channels, wait=True, logs=True)
+    return estimator
+
+
+def deploy_and_predict(estimator, instance_type: str, image_bytes: bytes, content_type: str = "image/png") -> dict:
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.serializers import IdentitySerializer
+
+    predictor = estimator.deploy(1, instance_type, serializer=IdentitySerializer(content_type), deserializer=JSONDeserializer())
+    try:
+        return predictor.predict(image_bytes)
+    finally:
+        predictor.delete_endpoint()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default="image-classifier:local")
+    parser.add_argument("--data", type=Path, default=Path("local/opt_ml/input/data"), help="folder of channels (train/ validation/ ...)")
+    parser.add_argument("--output", type=Path, default=Path("local/local_mode_output"))
+    parser.add_argument("--instance-type", default="local", choices=("local", "local_gpu"))
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--hyperparameters", default='{"epochs": "1"}', help="JSON object")
+    parser.add_argument("--sample", type=Path, help="image to predict (default: the first test image)")
+    args = parser.parse_args()
+    estimator = train(args.image, args.data, args.output, json.loads(args.hyperparameters), args.instance_type, args.instance_count)
+    sample = args.sample or sorted((args.data / "test").rglob("*.png"))[0]
+    answer = deploy_and_predict(estimator, args.instance_type, sample.read_bytes())
+    print(json.dumps(answer["predictions"][0]["top_k"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
