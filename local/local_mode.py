@@ -25,7 +25,7 @@ def _quiet_sdk() -> None:
     """No telemetry, no v2 banner, no network: every SDK call would otherwise try to phone home."""
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     config = Path(tempfile.gettempdir()) / "sagemaker-telemetry-opt-out.yaml"
-    config.write_text("SchemaVersion: \"1.0\"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n")
+    config.write_text('SchemaVersion: "1.0"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n')
     os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
