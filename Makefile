@@ -32,8 +32,9 @@ demo: system-deps $(STAMP) $(WEIGHTS)
 	$(PY) -m local.demo
 
 # the one data step before `docker compose up`: ./local/opt_ml as /opt/ml
+# (offline sample photos; `make local-data DATASET_URL=<dogImages.zip URL>` for the dog-breed set)
 local-data: system-deps $(STAMP) $(WEIGHTS)
-	$(PY) -m local.demo --prepare-only
+	$(PY) -m local.demo --prepare-only $(if $(DATASET_URL),--dataset-url $(DATASET_URL))
 
 test: system-deps-test $(STAMP) lint
 	$(PYTEST) -m "not gpu" tests

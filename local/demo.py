@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from local.sample_data import write_config, write_fashion
+from local.sample_data import fetch_image_zip, write_config, write_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "local" / "opt_ml"
@@ -42,20 +43,37 @@ DEMO_HYPERPARAMETERS = {
 }
 
 
-def prepare(base: Path = BASE) -> Path:
-    """A fresh /opt/ml-like folder: data channels, the pretrained channel, the config files."""
+def prepare(base: Path = BASE, dataset_url: str | None = None) -> Path:
+    """A fresh /opt/ml-like folder: data channels, the pretrained channel, the config files.
+
+    Offline sample photos by default; with ``dataset_url`` (e.g. the dog-breed ``dogImages.zip``)
+    the zip's train/ valid/ test/ become one ``training`` channel, trained at 224 px.
+    """
     shutil.rmtree(base, ignore_errors=True)
     data = base / "input" / "data"
-    write_fashion(data, train_per_class=200, valid_per_class=40, test_per_class=100, seed=1)
+    if dataset_url:
+        root = fetch_image_zip(dataset_url, base / "download")
+        shutil.move(str(root), data / "training")
+        shutil.rmtree(base / "download", ignore_errors=True)
+        channels, hyperparameters = ["training"], {**DEMO_HYPERPARAMETERS, "image_size": "224"}
+    else:
+        write_fashion(data, train_per_class=200, valid_per_class=40, test_per_class=100, seed=1)
+        channels, hyperparameters = ["train", "validation", "test"], DEMO_HYPERPARAMETERS
     (data / "pretrained").mkdir(parents=True)
     shutil.copy(WEIGHTS, data / "pretrained" / WEIGHTS.name)
-    write_config(base, DEMO_HYPERPARAMETERS, ["train", "validation", "test", "pretrained"])
+    write_config(base, hyperparameters, [*channels, "pretrained"])
     return base
 
 
 def main() -> None:
-    base = prepare()
-    if "--prepare-only" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepare-only", action="store_true", help="only write local/opt_ml (the data step before docker compose up)")
+    parser.add_argument("--dataset-url", help="a zip of train/ valid/ test/ class folders, e.g. the dog-breed dogImages.zip")
+    args = parser.parse_args()
+    if args.dataset_url and not args.prepare_only:
+        parser.error("--dataset-url prepares local/opt_ml for docker compose / local mode: use it with --prepare-only")
+    base = prepare(dataset_url=args.dataset_url)
+    if args.prepare_only:
         print(f"wrote {base} (data channels, pretrained channel, config); next: docker compose up")
         return
     print(f"== data: {base / 'input' / 'data'} (Fashion-MNIST, 2,000 train / 400 validation / 1,000 test images)")

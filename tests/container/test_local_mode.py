@@ -18,18 +18,18 @@ import json, sys
 from pathlib import Path
 from local.local_mode import train, deploy_and_predict
 data, output, count, predict = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "predict"
-hps = json.loads(sys.argv[5])
-estimator = train("image-classifier:local", data, output, hps, "local", count)
+hps, instance_type = json.loads(sys.argv[5]), sys.argv[6]
+estimator = train("image-classifier:local", data, output, hps, instance_type, count)
 print("MODEL_DATA", estimator.model_data, flush=True)
 if predict:
     sample = sorted((data / "test" / "digit_7").glob("*.png"))[0]
-    print("ANSWER", json.dumps(deploy_and_predict(estimator, "local", sample.read_bytes())), flush=True)
+    print("ANSWER", json.dumps(deploy_and_predict(estimator, instance_type, sample.read_bytes())), flush=True)
 """
 
 
-def _local_mode(engine, digits_data, output, count: int, predict: bool, hps: dict) -> str:
+def _local_mode(engine, digits_data, output, count: int, predict: bool, hps: dict, instance_type: str = "local") -> str:
     result = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(digits_data), str(output), str(count), "predict" if predict else "fit", json.dumps(hps)],
+        [sys.executable, "-c", DRIVER, str(digits_data), str(output), str(count), "predict" if predict else "fit", json.dumps(hps), instance_type],
         env=engine.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
