@@ -40,7 +40,7 @@ test: system-deps-test $(STAMP) lint
 	$(PYTEST) -m "not gpu" tests
 
 test-fast: system-deps-test $(STAMP)
-	$(PYTEST) -m "not slow and not container and not aws and not gpu" tests/unit tests/contract
+	$(PYTEST) -m "not slow and not container and not aws and not gpu" tests/unit tests/contract tests/container
 
 test-full: test
 
