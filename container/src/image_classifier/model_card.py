@@ -9,9 +9,7 @@ verifies before it loads anything.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from image_classifier import __version__, params
+from image_classifier.atomic import atomic_target
 from image_classifier.modeling.weights_io import sha256_of
 
 if TYPE_CHECKING:
@@ -66,33 +65,17 @@ def library_versions() -> dict[str, str]:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
 
 
-def save_weights(state: dict[str, torch.Tensor], path: Path) -> str:
+def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
     """Write ``state`` as safetensors atomically; return its sha256."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     return sha256_of(path)
 
 

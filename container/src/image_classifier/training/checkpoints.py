@@ -10,14 +10,13 @@ mid-write (or a full disk) leaves the previous checkpoint intact. Loading uses
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
 from image_classifier import params
+from image_classifier.atomic import atomic_target
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
@@ -34,18 +33,9 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def save_checkpoint(state: dict, directory: Path, epoch: int, step: int, keep: int = params.CHECKPOINTS_KEPT) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     target = checkpoint_path(directory, epoch, step)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(target) as tmp:
+        torch.save(state, tmp)
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
     return target

@@ -39,7 +39,7 @@ from image_classifier.environment import TrainingEnvironment
 from image_classifier.errors import UserError
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
-from image_classifier.model_card import read_card, write_artifact
+from image_classifier.model_card import read_card, save_weights, write_artifact
 from image_classifier.modeling.factory import build_architecture, create_model, data_config_for, load_backbone_weights, replace_head
 from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
@@ -463,7 +463,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                 best_state = {k: v.detach().to("cpu").clone() for k, v in core.state_dict().items()}
                 stale_epochs = 0
                 if world.is_main:
-                    save_weights_with_meta(best_state, env.checkpoint_dir / BEST_WEIGHTS_FILE, best)
+                    save_weights(best_state, env.checkpoint_dir / BEST_WEIGHTS_FILE, {k: str(v) for k, v in best.items()})
             else:
                 stale_epochs += 1
             if world.is_main:
@@ -515,15 +515,6 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         )
     barrier(world)
     return final
-
-
-def save_weights_with_meta(state: dict[str, torch.Tensor], path: Path, best: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={k: str(v) for k, v in best.items()})
-    os.replace(tmp, path)
 
 
 def _write_outputs(
