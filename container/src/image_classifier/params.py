@@ -31,7 +31,6 @@ RESOURCE_CONFIG_FILE = "resourceconfig.json"
 DEBUG_HOOK_CONFIG_FILE = "debughookconfig.json"
 DATA_DIR = "input/data"
 MODEL_DIR = "model"
-OUTPUT_DIR = "output"
 OUTPUT_DATA_DIR = "output/data"
 TENSORBOARD_DIR = "output/tensorboard"
 FAILURE_FILE = "output/failure"
@@ -53,7 +52,6 @@ MODEL_CARD_SCHEMA_VERSION = 1
 
 # --- output data -----------------------------------------------------------------------------
 METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
 PER_CLASS_FILE = "per_class_metrics.csv"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 LEARNING_CURVES_FILE = "learning_curves.png"
