@@ -1,0 +1,129 @@
+"""The local AWS emulator (moto in server mode on 127.0.0.1) that every tests/aws test talks to.
+
+boto3 reaches it through ``AWS_ENDPOINT_URL``, so ``deploy/`` runs unchanged and botocore still
+validates every request against the real service model. The emulator's recorder keeps every
+request body, which is how the tests see what the pipeline sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import VENV_BIN, free_port
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+BUCKET = "ic-test-bucket"
+
+
+@dataclass
+class Emulator:
+    url: str
+    recording: Path
+
+    def post(self, path: str, body: bytes = b"") -> bytes:
+        request = urllib.request.Request(self.url + path, data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    def reset(self) -> None:
+        self.post("/moto-api/reset")
+        self.post("/moto-api/recorder/reset-recording")
+        self.post("/moto-api/recorder/start-recording")
+
+    def requests(self) -> list[dict]:
+        """Every request since the last reset: target operation (JSON APIs), path, decoded body."""
+        with urllib.request.urlopen(self.url + "/moto-api/recorder/download-recording", timeout=30) as response:
+            lines = response.read().decode().splitlines()
+        out = []
+        for line in lines:
+            entry = json.loads(line)
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode(errors="replace")
+            target = entry.get("headers", {}).get("X-Amz-Target", "")
+            out.append({"operation": target.rsplit(".", 1)[-1], "method": entry["method"], "path": entry["url"], "body": body})
+        return [r for r in out if not r["path"].startswith("/moto-api/")]
+
+    def sent(self, operation: str) -> list[dict]:
+        return [json.loads(r["body"]) for r in self.requests() if r["operation"] == operation]
+
+    def queue_endpoint_results(self, bodies: list[str]) -> None:
+        """invoke_endpoint answers these, in order (the emulator runs no container)."""
+        payload = {
+            "account_id": "123456789012",
+            "region": REGION,
+            "results": [{"Body": b, "ContentType": "application/json"} for b in bodies],
+        }
+        self.post("/moto-api/static/sagemaker/endpoint-results", json.dumps(payload).encode())
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory) -> Iterator[Emulator]:
+    port = free_port()
+    recording = tmp_path_factory.mktemp("moto") / "recording"
+    env = {**os.environ, "MOTO_RECORDER_FILEPATH": str(recording)}
+    server = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    try:
+        yield Emulator(url, recording)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_REGION": REGION,
+    "AWS_MAX_ATTEMPTS": "1",
+}
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch) -> Emulator:
+    """A clean emulator with its recorder on; this process and its children point at it."""
+    for key, value in {**AWS_ENV, "AWS_ENDPOINT_URL": emulator.url}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    emulator.reset()
+    import boto3
+
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    emulator.post("/moto-api/recorder/reset-recording")
+    emulator.post("/moto-api/recorder/start-recording")
+    return emulator
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if "tests/aws/" in str(item.fspath):
+            item.add_marker(pytest.mark.aws)

@@ -1,0 +1,301 @@
+"""The whole AWS pipeline against the local emulator, on real artifacts of a real `train` run.
+
+The emulator completes every job at once with placeholder results, names the best trial
+``FakeTrainingJobName`` and has no ListTrainingJobsForHyperParameterTuningJob. So the test seeds
+what it cannot produce, from the session's real training run: the best job record and its
+model, the final job's model.tar.gz and output.tar.gz, the endpoint's answers (computed by the
+package's own inference on the same image), and the batch transform outputs. Everything the
+pipeline sends is then read back from the emulator's recorder and describe calls.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+from deploy import pipeline
+from deploy.config import load_config
+from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
+from tests.aws.conftest import BUCKET, REGION, ROLE
+
+TUNED = {"lr": "0.003", "batch_size": "64", "weight_decay": "0.0001", "freeze": "none"}
+
+
+def _tar(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.add(path, arcname=str(path.relative_to(folder)))
+    return buffer.getvalue()
+
+
+def _put(key: str, body: bytes) -> None:
+    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+class Answers:
+    """What our server answers for an image: the package's own inference and encoder."""
+
+    def __init__(self, model_dir: Path):
+        from image_classifier.serving.model import LoadedModel
+
+        self.model = LoadedModel(model_dir)
+
+    def json(self, path: Path, *, top_k: int, lines: bool = False) -> str:
+        from image_classifier.data.loading import load_rgb
+        from image_classifier.serving.codec import ResponseOptions, encode_predictions
+
+        probabilities = self.model.predict([load_rgb(path)])
+        accept = "application/jsonlines" if lines else "application/json"
+        body, _ = encode_predictions(probabilities, self.model.classes, ResponseOptions(accept, top_k, False))
+        return body.decode()
+
+
+@pytest.fixture(scope="module")
+def trained(digits_job):
+    base, result = digits_job
+    return {"model_dir": base / "model", "output_dir": base / "output" / "data", "log": result.stdout}
+
+
+@pytest.fixture
+def cfg(aws, tmp_path):
+    return load_config(
+        overrides={
+            "region": REGION,
+            "role_arn": ROLE,
+            "bucket": BUCKET,
+            "model": "resnet18",
+            "runs_dir": str(tmp_path / "runs"),
+            "max_jobs": 4,
+            "max_parallel_jobs": 2,
+            "subnets": ["subnet-0123456789abcdef0"],
+            "security_group_ids": ["sg-0123456789abcdef0"],
+            "hyperparameters": {"image_size": "32", "augment": "light"},
+            "search": {"models": ["resnet18", "resnet34"]},
+            "tags": {"team": "vision"},
+            "stream_logs": False,
+        },
+        environ={},
+    )
+
+
+@pytest.fixture
+def pretrained_dir(tmp_path):
+    """The files the weights step would fetch; here a stand-in of the right name per backbone."""
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    for name in ("resnet18", "resnet34"):
+        save_file({"stand_in": zeros(1)}, str(folder / f"{name}.safetensors"))
+    return folder
+
+
+def _tags(sm, arn: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]}
+
+
+def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, capsys):
+    sm = boto3.client("sagemaker", region_name=REGION)
+    answers = Answers(trained["model_dir"])
+    sample = sorted((digits_data / "test" / "digit_3").glob("*.png"))[0]
+    ctx = pipeline.context(cfg, new_run=True, yes=True, data=str(digits_data), pretrained_dir=pretrained_dir, sample=sample)
+    run_id = ctx.state.run_id
+
+    # data + weights: pre-flight, upload, channels recorded
+    pipeline.run(["data", "weights"], ctx)
+    assert set(ctx.state.channels) == {"train", "validation", "test", "pretrained"}
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="image-classifier/data/test/")["Contents"]]
+    assert len(keys) >= 100
+
+    # 1. tuning
+    pipeline.run(["tune"], ctx)
+    tuning = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=ctx.state.tuning_job)
+    config = tuning["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": OBJECTIVE_METRIC}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    ranges = config["ParameterRanges"]
+    continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
+    assert continuous["lr"] == {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"}
+    assert continuous["weight_decay"]["ScalingType"] == "Logarithmic"
+    categorical = {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]}
+    assert categorical == {"batch_size": ["32", "64", "128"], "freeze": ["head", "last:2", "none"], "model": ["resnet18", "resnet34"]}
+    definition = tuning["TrainingJobDefinition"]
+    assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
+    assert definition["StaticHyperParameters"] == {"model": "resnet18", "image_size": "32", "augment": "light", "epochs": "8"}
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
+    assert definition["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/image-classifier/checkpoints/{run_id}/tune"
+    assert definition["EnableNetworkIsolation"] is True
+    assert definition["VpcConfig"] == {"Subnets": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]}
+    assert {c["ChannelName"] for c in definition["InputDataConfig"]} == {"train", "validation", "pretrained"}
+    assert _tags(sm, tuning["HyperParameterTuningJobArn"]) == {"project": "image-classifier", "run-id": run_id, "team": "vision"}
+
+    # 2. best job: seed what the emulator cannot produce (the real best trial and three trials)
+    seeded_hps = {**definition["StaticHyperParameters"], **TUNED, "_tuning_objective_metric": OBJECTIVE_METRIC}
+    for i, lr in enumerate(("0.001", "0.003", "0.01"), 1):
+        _seed_job(sm, f"{ctx.state.tuning_job}-{i:03d}-0a1b2c3d", {**seeded_hps, "lr": lr}, f"s3://{BUCKET}/seed")
+    best_name = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=ctx.state.tuning_job)["BestTrainingJob"][
+        "TrainingJobName"
+    ]
+    _seed_job(sm, best_name, seeded_hps, f"s3://{BUCKET}/seed")
+    _put(f"seed/{best_name}/output/model.tar.gz", _tar(trained["model_dir"]))
+    pipeline.run(["best"], ctx)
+    assert ctx.state.best_hyperparameters == {k: v for k, v in seeded_hps.items() if not k.startswith("_")}
+    assert ctx.state.best_model_data == f"s3://{BUCKET}/seed/{best_name}/output/model.tar.gz"
+    trials = json.loads((ctx.run_dir / "trials.json").read_text())
+    assert sorted(t["lr"] for t in trials) == ["0.001", "0.003", "0.01"]
+
+    # 3. the final, profiled job; its real model and reports are seeded where the job writes them
+    final = ctx.job_name("final")
+    job_root = f"image-classifier/runs/{run_id}/final/{final}"
+    _put(f"{job_root}/output/model.tar.gz", _tar(trained["model_dir"]))
+    _put(f"{job_root}/output/output.tar.gz", _tar(trained["output_dir"]))
+    _put(
+        f"{job_root}/rule-output/ProfilerReport-1/profiler-output/profiler-report.html",
+        b"<html>stand-in: written by SageMaker's rule job</html>",
+    )
+    pipeline.run(["train"], ctx)
+    sent = aws.sent("CreateTrainingJob")[-1]
+    assert sent["TrainingJobName"] == final
+    assert sent["HyperParameters"] == {"model": "resnet18", "image_size": "32", "augment": "light", "epochs": "15", **TUNED}
+    assert [r["RuleConfigurationName"] for r in sent["DebugRuleConfigurations"]] == [
+        "VanishingGradient",
+        "Overfit",
+        "Overtraining",
+        "PoorWeightInitialization",
+        "LossNotDecreasing",
+    ]
+    assert sent["DebugHookConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/runs/{run_id}/final/debug"
+    assert {c["CollectionName"] for c in sent["DebugHookConfig"]["CollectionConfigurations"]} == {"losses", "gradients", "weights"}
+    assert sent["ProfilerConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/runs/{run_id}/final/profiler"
+    assert [r["RuleConfigurationName"] for r in sent["ProfilerRuleConfigurations"]] == ["ProfilerReport"]
+    assert sent["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
+    assert sent["EnableManagedSpotTraining"] is True and sent["EnableNetworkIsolation"] is True
+    assert sent["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/image-classifier/checkpoints/{run_id}/final"
+    assert {c["ChannelName"] for c in sent["InputDataConfig"]} == {"train", "validation", "test", "pretrained"}
+    reports = ctx.run_dir / "reports"
+    assert json.loads((reports / "output" / "training_report.json").read_text())["status"] in ("completed", "early_stopped")
+    assert (reports / "rule-output" / "ProfilerReport-1" / "profiler-output" / "profiler-report.html").is_file()
+    out = capsys.readouterr().out
+    assert "event=training_report status=" in out and "test_acc=" in out
+
+    # 4. endpoint + query: the canned answer is the package's real answer for the same image
+    expected = answers.json(sample, top_k=5)
+    aws.queue_endpoint_results([expected])
+    pipeline.run(["deploy", "query"], ctx)
+    endpoint = sm.describe_endpoint(EndpointName=ctx.state.endpoint)
+    assert endpoint["EndpointStatus"] == "InService"
+    model = sm.describe_model(ModelName=ctx.state.model_name)
+    assert model["EnableNetworkIsolation"] is True
+    assert model["PrimaryContainer"]["Image"] == ctx.state.image_uri
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/{job_root}/output/model.tar.gz"
+    for arn in (endpoint["EndpointArn"], model["ModelArn"]):
+        assert _tags(sm, arn)["run-id"] == run_id
+    out = capsys.readouterr().out
+    top = json.loads(expected)["predictions"][0]["top_k"]
+    assert f"label={top[0]['label']}" in out
+    assert all(f"{e['probability']:.3f}  {e['label']}" in out for e in top)
+    invoke = [r for r in aws.requests() if r["path"].endswith("/invocations")][-1]
+    assert invoke["body"] and "top_k=5" in json.dumps(aws.requests()[-1])
+
+    # 5. multi-model endpoint: both artifacts copied under the prefix, each invoked by TargetModel
+    aws.queue_endpoint_results([expected, expected])
+    pipeline.run(["mme"], ctx)
+    mme_keys = {
+        o["Key"].rsplit("/", 1)[-1]
+        for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"image-classifier/runs/{run_id}/mme/")["Contents"]
+    }
+    assert mme_keys == {"final.tar.gz", "best-trial.tar.gz"}
+    mme_model = sm.describe_model(ModelName=ctx.state.multi_model_endpoint)
+    assert mme_model["PrimaryContainer"]["Mode"] == "MultiModel"
+    assert set(ctx.state.results["mme"]) == {"final.tar.gz", "best-trial.tar.gz"}
+
+    # 6. batch transform: outputs seeded with the package's real answers, accuracy computed from them
+    prefix = f"image-classifier/runs/{run_id}/transform/"
+    correct = 0
+    test_keys = [k for k in keys if not k.endswith("/")]
+    for key in test_keys:
+        relative = key.removeprefix("image-classifier/data/test/")
+        local = ctx.run_dir / "data" / "test" / relative
+        local = local if local.is_file() else next((ctx.run_dir / "data").rglob(Path(relative).name))
+        line = answers.json(local, top_k=1, lines=True)
+        correct += json.loads(line)["label"] == relative.split("/")[0]
+        _put(prefix + relative + ".out", line.encode())
+    pipeline.run(["transform"], ctx)
+    transform = sm.describe_transform_job(TransformJobName=ctx.state.transform_job)
+    assert transform["TransformInput"]["ContentType"] == "application/x-image"
+    assert transform["TransformOutput"]["Accept"] == "application/jsonlines"
+    summary = ctx.state.results["transform"]
+    assert summary["images"] == len(test_keys) and summary["missing_outputs"] == 0
+    assert summary["accuracy"] == pytest.approx(correct / len(test_keys))
+    assert summary["accuracy"] > 0.5  # a real trained model, not chance (0.1)
+
+    # 7. Clarify: the analysis config asks for our probability vector
+    pipeline.run(["clarify"], ctx)
+    processing = sm.describe_processing_job(ProcessingJobName=ctx.state.clarify_job)
+    assert _tags(sm, processing["ProcessingJobArn"])["run-id"] == run_id
+    analysis = json.loads(
+        boto3.client("s3").get_object(Bucket=BUCKET, Key=f"image-classifier/runs/{run_id}/clarify/analysis_config.json")["Body"].read()
+    )
+    assert analysis["predictor"]["probability"] == "predictions[0].probabilities"
+    assert analysis["predictor"]["custom_attributes"] == "probabilities=true"
+    assert analysis["methods"]["shap"]["image_config"]["model_type"] == "IMAGE_CLASSIFICATION"
+
+    # 8. cleanup: ours gone, a stranger's endpoint untouched
+    _stranger(sm)
+    pipeline.run(["cleanup"], ctx)
+    assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["someone-elses"]
+    assert [m["ModelName"] for m in sm.list_models()["Models"]] == ["someone-elses"]
+    assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["someone-elses"]
+
+
+def _seed_job(sm, name: str, hyperparameters: dict[str, str], output: str) -> None:
+    sm.create_training_job(
+        TrainingJobName=name,
+        HyperParameters=hyperparameters,
+        AlgorithmSpecification={"TrainingImage": "seed", "TrainingInputMode": "File"},
+        RoleArn=ROLE,
+        OutputDataConfig={"S3OutputPath": output},
+        ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600},
+    )
+
+
+def _stranger(sm) -> None:
+    sm.create_model(ModelName="someone-elses", PrimaryContainer={"Image": "x"}, ExecutionRoleArn=ROLE)
+    sm.create_endpoint_config(
+        EndpointConfigName="someone-elses",
+        ProductionVariants=[{"VariantName": "v", "ModelName": "someone-elses", "InitialInstanceCount": 1, "InstanceType": "ml.m5.large"}],
+    )
+    sm.create_endpoint(EndpointName="someone-elses", EndpointConfigName="someone-elses")
+
+
+def test_metric_regexes_read_a_real_training_log(aws, cfg, trained, tmp_path):
+    """The regexes the tuning job was sent extract the trainer's own numbers from its log."""
+    import re
+
+    ctx = pipeline.context(cfg, run_id="regex")
+    ctx.state.channels = {"train": f"s3://{BUCKET}/t", "validation": f"s3://{BUCKET}/v"}
+    pipeline.run(["tune"], ctx)
+    sent = aws.sent("CreateHyperParameterTuningJob")[0]
+    definitions = sent["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    found = {d["Name"]: [float(m) for m in re.findall(d["Regex"], trained["log"])] for d in definitions}
+    metrics = json.loads((trained["output_dir"] / "metrics.json").read_text())
+    epochs = metrics["history"]
+    assert len(epochs) == 3
+    assert found[OBJECTIVE_METRIC] == pytest.approx([e["valid_acc"] for e in epochs], abs=1e-5)
+    assert found["train_loss"][-1] == pytest.approx(epochs[-1]["train_loss"], rel=1e-4)
+    assert found["test_acc"] == pytest.approx([metrics["final"]["test_acc"]], abs=1e-5)
+    assert all(found[name] for name in ("train_acc", "valid_loss", "lr", "images_per_sec", "test_top5_acc")), {
+        k: len(v) for k, v in found.items()
+    }
