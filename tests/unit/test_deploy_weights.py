@@ -18,7 +18,7 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save_file
 
-from deploy.weights import fetch_weights
+from deploy.weights import fetch_weights, main
 from image_classifier.errors import UserError
 from image_classifier.modeling.factory import build_architecture, create_model
 from image_classifier.modeling.pretrained import find_pretrained
@@ -117,15 +117,23 @@ def test_timm_weights_from_the_hub_cache_become_a_pretrained_channel(tmp_path, n
     assert find_pretrained(TIMM_MODEL, build_architecture(TIMM_MODEL), None).kind == "baked"
 
 
-def test_missing_cache_entry_fails_with_one_clear_line(tmp_path):
-    out = tmp_path / "pretrained"
-    result = _cli(tmp_path, TIMM_MODEL, out)
+def test_missing_cache_entry_fails_with_one_clear_line(tmp_path, monkeypatch, capsys):
+    """In-process (huggingface_hub read the variables at import, so its constants are set too)."""
+    from huggingface_hub import constants
 
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    error = result.stderr.strip().splitlines()[-1]
+    for key, value in _offline_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    out = tmp_path / "pretrained"
+
+    assert main(["--model", TIMM_MODEL, "--out", str(out)]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    error = captured.err.strip().splitlines()[-1]
     assert error.startswith(f"error: cannot fetch the ImageNet weights of '{TIMM_MODEL}' from timm/test_resnet.r160_in1k")
-    assert str(tmp_path / "hf-home" / "hub") in error and "HF_HUB_OFFLINE" in error
+    assert "LocalEntryNotFoundError" in error and str(tmp_path / "hf-home" / "hub") in error and "HF_HUB_OFFLINE" in error
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -1,0 +1,471 @@
+"""The data step: a folder, a zip or a zip URL becomes checked train/validation/test channels in S3.
+
+    python -m deploy.data --data https://example.com/dogImages.zip --work-dir build/data --bucket B --prefix dogs
+    python -m deploy.data --data ~/photos --work-dir build/data        # prepare and check only
+
+Layouts, found in ``--data`` itself or in the one folder inside it (as zips usually have):
+
+- already split: ``train/`` plus ``valid/``, ``validation/`` or ``val/``, optional ``test/``, each
+  holding ``<class>/<images>``; the dog-breed zip unpacks to ``dogImages/{train,valid,test}/``.
+- unsplit: class folders directly. Each class is split on its own (stratified), seeded by
+  ``seed`` and the class name, into ``WORK/channels/{train,validation,test}`` with hard links
+  (copies across file systems); the user's files are never moved. Rule, per class of n images:
+  validation = n × valid_fraction and test = n × test_fraction, rounded, each at least 1 (test
+  only when test_fraction > 0), and at least one image left to train. So every class is in
+  every split: a class needs 3 images (2 with test_fraction=0), or the step fails naming it.
+
+Before anything is uploaded, the trainer's own pre-flight runs on the result through the
+package's functions: class folders and empty classes (``index_split``), one class set across
+splits (``check_same_classes``), every image decoded once (``find_unreadable``), failing above
+``max_bad_fraction`` (the trainer's default) or when a class is left with no readable image.
+Unreadable files under the threshold are reported and not uploaded.
+
+Upload: ``s3://BUCKET/PREFIX/<channel>/<class>/<file>`` with the file's sha256 in the object
+metadata; an object with the same size and sha256 (and KMS encryption, when a key is given) is
+skipped, so a re-run sends only what changed. Objects under a channel prefix that are not in the
+prepared data (an earlier split, say) would leak into the training job: the upload refuses to
+start while any exist, unless told to delete them (``prune``). A URL is downloaded once into
+``WORK/downloads`` and reused by later runs; delete it to fetch again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import mimetypes
+import os
+import random
+import shutil
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from image_classifier import params
+from image_classifier.atomic import atomic_target
+from image_classifier.data.discovery import check_same_classes, image_extensions, index_split
+from image_classifier.data.loading import find_unreadable
+from image_classifier.errors import UserError
+from image_classifier.hyperparameters import Hyperparameters
+from image_classifier.metrics import format_line
+from image_classifier.modeling.weights_io import sha256_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BAD_FRACTION: float = Hyperparameters.model_fields["max_bad_fraction"].default
+SHA256_METADATA = "sha256"
+DOWNLOAD_TIMEOUT_SECONDS = 60
+_IGNORED_NAMES = ("__MACOSX",)
+
+
+@dataclass(frozen=True)
+class Layout:
+    kind: str  # "split" | "unsplit"
+    root: Path  # the folder holding train/ valid/ [test/], or the class folders
+    splits: dict[str, Path]  # channel -> folder; empty when unsplit
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Checked channels, ready to upload. ``files`` are the readable images of each channel."""
+
+    layout: str
+    channels: dict[str, Path]  # train, validation, optional test
+    classes: tuple[str, ...]  # in index order (sorted folder names), as the trainer numbers them
+    files: dict[str, tuple[Path, ...]]
+    unreadable: tuple[Path, ...]  # found by the pre-flight; skipped by training, never uploaded
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {channel: len(paths) for channel, paths in self.files.items()}
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    channels: dict[str, str]  # channel -> s3://bucket/prefix/channel/
+    uploaded: int
+    skipped: int
+    bytes_uploaded: int
+    deleted: int
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def _is_url(source: str) -> bool:
+    return urllib.parse.urlparse(source).scheme in ("http", "https")
+
+
+def download(url: str, dest_dir: Path) -> Path:
+    """Stream ``url`` to a file in ``dest_dir`` (atomically; reused when already there)."""
+    name = Path(urllib.parse.urlparse(url).path).name or "data.zip"
+    target = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{name}"
+    if target.is_file():
+        log.info(format_line("download_reused", url=url, file=str(target)))
+        return target
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response, atomic_target(target) as tmp:
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(response, out, length=1 << 20)
+            expected, got = response.headers.get("Content-Length"), tmp.stat().st_size
+            if expected is not None and int(expected) != got:
+                raise UserError(f"download of {url} is truncated: {got} of {expected} bytes")
+    except urllib.error.HTTPError as exc:
+        raise UserError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+    except urllib.error.URLError as exc:
+        raise UserError(f"cannot download {url}: {exc.reason}") from exc
+    except OSError as exc:
+        raise UserError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
+    log.info(format_line("downloaded", url=url, file=str(target), bytes=target.stat().st_size))
+    return target
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    """Unpack a zip into a fresh ``dest``; members that would land outside it are refused."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    root = dest.resolve()
+    try:
+        with zipfile.ZipFile(archive) as handle:
+            members = [m for m in handle.infolist() if m.filename.split("/", 1)[0] not in _IGNORED_NAMES]
+            for member in members:
+                target = (dest / member.filename).resolve()
+                if target != root and root not in target.parents:
+                    raise UserError(f"refusing zip member outside the destination: {member.filename!r} in {archive}")
+            handle.extractall(dest, members=members)
+    except zipfile.BadZipFile as exc:
+        raise UserError(f"{archive} is not a readable zip: {exc}") from exc
+    return dest
+
+
+def _local_folder(source: str, work_dir: Path) -> Path:
+    folder = Path(source).expanduser()
+    inside = work_dir.resolve()
+    if folder.resolve() == inside or folder.resolve() in inside.parents:
+        raise UserError(f"--work-dir {work_dir} must not lie inside --data {folder}: what it writes would look like classes")
+    for ours in (work_dir / "channels", work_dir / "extracted"):
+        if ours.resolve() == folder.resolve() or ours.resolve() in folder.resolve().parents:
+            raise UserError(f"--data {folder} lies inside {ours}, which this step rewrites; copy it elsewhere first")
+    return folder
+
+
+def materialise(source: str, work_dir: Path) -> Path:
+    """The folder to read: ``source`` itself, or the zip (local or downloaded) unpacked under ``work_dir``."""
+    if _is_url(source):
+        return extract(download(source, work_dir / "downloads"), work_dir / "extracted")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _local_folder(source, work_dir)
+    if path.is_file() and zipfile.is_zipfile(path):
+        return extract(path, work_dir / "extracted")
+    if path.exists():
+        raise UserError(f"--data {source} is neither a folder nor a zip file")
+    raise UserError(f"--data {source} does not exist (give a folder, a .zip or an http(s) URL)")
+
+
+# --- layout ----------------------------------------------------------------------------------
+
+
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name not in _IGNORED_NAMES)
+
+
+def _holds_images(folder: Path) -> bool:
+    extensions = image_extensions()
+    return any(p.is_file() and p.suffix.lower() in extensions for p in _visible(folder))
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def detect_layout(folder: Path) -> Layout:
+    """Already split (train/ + a validation folder) or class folders; one wrapper folder is looked through."""
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder")
+    root = folder
+    entries = _visible(folder)
+    dirs = [p for p in entries if p.is_dir()]
+    if len(dirs) == 1 and not _holds_images(folder) and not _holds_images(dirs[0]) and dirs[0].name != params.TRAIN_CHANNEL:
+        root = dirs[0]
+    train = _first_dir(root, (params.TRAIN_CHANNEL,))
+    valid = _first_dir(root, params.VALIDATION_ALIASES)
+    if train is not None and valid is not None:
+        splits = {params.TRAIN_CHANNEL: train, params.VALIDATION_CHANNEL: valid}
+        if (test := _first_dir(root, (params.TEST_CHANNEL,))) is not None:
+            splits[params.TEST_CHANNEL] = test
+        return Layout("split", root, splits)
+    if train is not None and not _holds_images(train):
+        raise UserError(
+            f"{root} has train/ but no {'/, '.join(params.VALIDATION_ALIASES)}/ beside it; "
+            "give a validation split, or class folders only to have them split"
+        )
+    if not any(p.is_dir() for p in _visible(root)):
+        raise UserError(f"{folder} holds neither class folders nor train/ and valid/ folders")
+    return Layout("unsplit", root, {})
+
+
+# --- split -----------------------------------------------------------------------------------
+
+
+def _rounded(n: int, fraction: float) -> int:
+    return int(n * fraction + 0.5)
+
+
+def split_counts(n: int, valid_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(validation, test) images for a class of ``n``: see the rule in the module docstring."""
+    least_test = 1 if test_fraction > 0 else 0
+    n_test = max(least_test, _rounded(n, test_fraction))
+    n_valid = max(1, _rounded(n, valid_fraction))
+    while n_valid + n_test > n - 1 and n_test > least_test:
+        n_test -= 1
+    while n_valid + n_test > n - 1 and n_valid > 1:
+        n_valid -= 1
+    return n_valid, n_test
+
+
+def _place(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: copy
+        shutil.copy2(source, target)
+
+
+def split_folder(root: Path, dest: Path, *, seed: int, valid_fraction: float, test_fraction: float) -> dict[str, Path]:
+    """Stratified, seeded split of the class folders in ``root`` into ``dest/<channel>/<class>/``."""
+    index = index_split(str(root), root)  # the trainer's discovery: class folders, image files, empty classes
+    by_class: dict[int, list[Path]] = {}
+    for path, label in index.samples:
+        by_class.setdefault(label, []).append(path)
+    needed = 3 if test_fraction > 0 else 2
+    small = {index.classes[label]: len(paths) for label, paths in by_class.items() if len(paths) < needed}
+    if small:
+        raise UserError(
+            f"classes with fewer than {needed} images cannot be split into {'train/validation/test' if needed == 3 else 'train/validation'}: "
+            f"{small}; add images{' or set test_fraction=0' if needed == 3 else ''}"
+        )
+    if dest.exists():
+        shutil.rmtree(dest)
+    channels = [params.TRAIN_CHANNEL, params.VALIDATION_CHANNEL] + ([params.TEST_CHANNEL] if test_fraction > 0 else [])
+    for label, paths in by_class.items():
+        name = index.classes[label]
+        order = list(paths)
+        random.Random(f"{seed}/{name}").shuffle(order)
+        n_valid, n_test = split_counts(len(order), valid_fraction, test_fraction)
+        parts = {
+            params.VALIDATION_CHANNEL: order[:n_valid],
+            params.TEST_CHANNEL: order[n_valid : n_valid + n_test],
+            params.TRAIN_CHANNEL: order[n_valid + n_test :],
+        }
+        for channel, chosen in parts.items():
+            for path in chosen:
+                _place(path, dest / channel / name / path.relative_to(root / name))
+    log.info(format_line("split", classes=len(index.classes), images=len(index.samples), seed=seed, dest=str(dest)))
+    return {channel: dest / channel for channel in channels}
+
+
+# --- pre-flight ------------------------------------------------------------------------------
+
+
+def preflight(channels: Mapping[str, Path], layout: str, *, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> PreparedData:
+    """The trainer's checks, on the channels as the job will see them; raise ``UserError`` naming what is wrong."""
+    indices = [index_split(channel, folder) for channel, folder in channels.items()]
+    check_same_classes(indices[0], *indices[1:])
+    every = [path for index in indices for path, _ in index.samples]
+    bad = find_unreadable(every, os.cpu_count() or 1)
+    for path, reason in sorted(bad.items())[:20]:
+        log.warning(format_line("unreadable_image", path=str(path), reason=reason.split(": ", 1)[-1].replace(" ", "_")[:160]))
+    fraction = len(bad) / max(len(every), 1)
+    log.info(format_line("preflight", images=len(every), bad_images=len(bad)))
+    if fraction > max_bad_fraction:
+        raise UserError(
+            f"{len(bad)} of {len(every)} images are unreadable ({fraction:.1%} > max_bad_fraction={max_bad_fraction}), "
+            f"e.g. {[str(p) for p in sorted(bad)[:5]]}"
+        )
+    files: dict[str, tuple[Path, ...]] = {}
+    for index in indices:
+        kept = [(path, label) for path, label in index.samples if path not in bad]
+        if not kept:
+            raise UserError(f"channel '{index.split}' has no readable images")
+        present = {label for _, label in kept}
+        if len(present) != len(index.classes):
+            empty = [c for i, c in enumerate(index.classes) if i not in present]
+            raise UserError(f"channel '{index.split}' has classes with no readable image: {empty}")
+        files[index.split] = tuple(path for path, _ in kept)
+    return PreparedData(layout, dict(channels), indices[0].classes, files, tuple(sorted(bad)))
+
+
+def prepare(
+    source: str,
+    work_dir: Path,
+    *,
+    seed: int = 0,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+) -> PreparedData:
+    """Folder, zip or URL -> checked channels (split when needed), nothing uploaded."""
+    if not 0 < valid_fraction < 1 or not 0 <= test_fraction < 1 or valid_fraction + test_fraction >= 1:
+        raise UserError(f"need 0 < valid_fraction, 0 <= test_fraction, sum < 1; got {valid_fraction} and {test_fraction}")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    layout = detect_layout(materialise(source, work_dir))
+    if layout.kind == "split":
+        channels = layout.splits
+    else:
+        channels = split_folder(layout.root, work_dir / "channels", seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
+    prepared = preflight(channels, layout.kind, max_bad_fraction=max_bad_fraction)
+    log.info(
+        format_line(
+            "data_prepared", layout=layout.kind, classes=len(prepared.classes), unreadable=len(prepared.unreadable), **prepared.counts
+        )
+    )
+    return prepared
+
+
+# --- upload ----------------------------------------------------------------------------------
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+def _listed(s3_client: Any, bucket: str, prefix: str) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        sizes.update({item["Key"]: item["Size"] for item in page.get("Contents", [])})
+    return sizes
+
+
+def _sync_one(s3_client: Any, bucket: str, key: str, path: Path, listed_size: int | None, kms_key_id: str | None) -> int | None:
+    """Upload ``path`` unless the object already holds it; return the bytes sent, or None when skipped."""
+    size = path.stat().st_size
+    digest = sha256_of(path)
+    if listed_size == size:
+        head = s3_client.head_object(Bucket=bucket, Key=key)
+        same = head.get("Metadata", {}).get(SHA256_METADATA) == digest and head.get("ContentLength") == size
+        if same and (kms_key_id is None or head.get("ServerSideEncryption") == "aws:kms"):
+            return None
+    extra: dict[str, str] = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    with open(path, "rb") as body:
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={SHA256_METADATA: digest}, ContentType=content_type, **extra)
+    return size
+
+
+def upload(
+    prepared: PreparedData,
+    s3_client: Any,
+    bucket: str,
+    prefix: str,
+    *,
+    kms_key_id: str | None = None,
+    prune: bool = False,
+    workers: int | None = None,
+) -> UploadResult:
+    """Sync each channel's readable images to ``s3://bucket/prefix/<channel>/``; unchanged objects are skipped.
+
+    ``workers`` defaults to the client's connection pool size, so threads never wait for a connection.
+    """
+    plan: dict[str, Path] = {}
+    for channel, folder in prepared.channels.items():
+        for path in prepared.files[channel]:
+            plan[_join(prefix, channel, path.relative_to(folder).as_posix())] = path
+    try:
+        existing: dict[str, int] = {}
+        for channel in prepared.channels:
+            existing.update(_listed(s3_client, bucket, _join(prefix, channel) + "/"))
+        stale = sorted(set(existing) - set(plan))
+        if stale and not prune:
+            raise UserError(
+                f"{len(stale)} objects under s3://{bucket}/{_join(prefix)} are not in this data set and would reach the training job, "
+                f"e.g. {stale[:3]}; use another prefix or prune them (--prune)"
+            )
+        pool_size = workers or s3_client.meta.config.max_pool_connections
+        with ThreadPoolExecutor(max_workers=pool_size) as pool:
+            sent = list(
+                pool.map(lambda item: _sync_one(s3_client, bucket, item[0], item[1], existing.get(item[0]), kms_key_id), plan.items())
+            )
+        for start in range(0, len(stale), 1000):
+            answer = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]]})
+            if answer.get("Errors"):
+                raise UserError(f"could not delete stale objects in s3://{bucket}: {answer['Errors'][:3]}")
+    except (ClientError, BotoCoreError) as exc:
+        raise UserError(f"upload to s3://{bucket}/{_join(prefix)} failed: {exc}") from exc
+    result = UploadResult(
+        channels={channel: f"s3://{bucket}/{_join(prefix, channel)}/" for channel in prepared.channels},
+        uploaded=sum(1 for s in sent if s is not None),
+        skipped=sum(1 for s in sent if s is None),
+        bytes_uploaded=sum(s for s in sent if s is not None),
+        deleted=len(stale),
+    )
+    log.info(
+        format_line("uploaded", bucket=bucket, prefix=prefix, uploaded=result.uploaded, skipped=result.skipped, bytes=result.bytes_uploaded)
+    )
+    return result
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", required=True, help="a folder, a .zip, or an http(s) URL of a zip")
+    parser.add_argument("--work-dir", type=Path, required=True, help="where downloads, unpacked zips and split channels go")
+    parser.add_argument("--bucket", help="upload to this S3 bucket (omit to prepare and check only)")
+    parser.add_argument("--prefix", default="data", help="S3 key prefix; channels go under PREFIX/<channel>/ (default: data)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split of unsplit class folders (default: 0)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1)
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="0 for no test split")
+    parser.add_argument("--max-bad-fraction", type=float, default=DEFAULT_MAX_BAD_FRACTION, help="the trainer's default unless changed")
+    parser.add_argument("--kms-key-id", help="encrypt uploads with this KMS key (SSE-KMS)")
+    parser.add_argument("--prune", action="store_true", help="delete objects under the channel prefixes that are not in the data")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        prepared = prepare(
+            args.data,
+            args.work_dir,
+            seed=args.seed,
+            valid_fraction=args.valid_fraction,
+            test_fraction=args.test_fraction,
+            max_bad_fraction=args.max_bad_fraction,
+        )
+        summary: dict[str, str | int] = {"layout": prepared.layout, "classes": len(prepared.classes), **prepared.counts}
+        summary["unreadable"] = len(prepared.unreadable)
+        if args.bucket:
+            import boto3
+            from botocore.config import Config
+
+            s3 = boto3.client("s3", config=Config(max_pool_connections=16))
+            result = upload(prepared, s3, args.bucket, args.prefix, kms_key_id=args.kms_key_id, prune=args.prune)
+            summary.update(uploaded=result.uploaded, skipped=result.skipped, bytes=result.bytes_uploaded, deleted=result.deleted)
+            summary.update({f"s3_{channel}": uri for channel, uri in result.channels.items()})
+        else:
+            summary.update({f"dir_{channel}": str(folder) for channel, folder in prepared.channels.items()})
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_line("data_ready", **summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
