@@ -80,8 +80,8 @@ class Context:
 
     def need(self, attribute: str, step: str) -> Any:
         value = getattr(self.state, attribute)
-        if value is None and self.dry_run:
-            return f"dry-run-{attribute}"
+        if value is None and self.dry_run:  # placeholders of the right shape for the printed requests
+            return f"{self.cfg.s3_root}/runs/dry-run/{attribute}"
         if not value:
             raise StepError(f"run {self.state.run_id} has no {attribute}: run the '{step}' step first")
         return value
@@ -116,9 +116,17 @@ def step_data(ctx: Context) -> None:
         raise StepError("the 'data' step needs --data PATH|URL (a folder of class folders or the dog-breed zip)")
     work = ctx.run_dir / "data" if not ctx.dry_run else Path(tempfile.mkdtemp(prefix="ic-dry-run-"))
     prepared = data.prepare(ctx.data, work)
+    counts = " ".join(f"{k}={v}" for k, v in prepared.counts.items())
+    if ctx.dry_run:  # the pre-flight ran for real; the upload would be one PutObject per changed file
+        ctx.state.channels.update({n: f"{ctx.cfg.s3_root}/data/{n}/" for n in prepared.channels})
+        ctx.say(f"event=data classes={len(prepared.classes)} {counts} unreadable={len(prepared.unreadable)} dry_run=not_uploaded")
+        return
     uploaded = data.upload(prepared, ctx.aws.client("s3"), ctx.cfg.bucket, f"{ctx.cfg.prefix}/data", kms_key_id=ctx.cfg.kms_key_id)
     ctx.state.channels.update(uploaded.channels)
-    ctx.say(f"event=data classes={len(prepared.classes)} uploaded={uploaded.uploaded} skipped={uploaded.skipped}")
+    ctx.say(
+        f"event=data classes={len(prepared.classes)} {counts} unreadable={len(prepared.unreadable)} "
+        f"uploaded={uploaded.uploaded} skipped={uploaded.skipped}"
+    )
     ctx.save()
 
 
@@ -278,7 +286,7 @@ def step_query(ctx: Context) -> None:
     if ctx.dry_run:
         return
     body, name = _sample_bytes(ctx)
-    answer = sdk.predictor(endpoint, ctx.aws.sagemaker).predict(body, initial_args={"CustomAttributes": "top_k=5"})
+    answer = sdk.predictor(endpoint, ctx.aws.sagemaker).predict(sdk.image_payload(body), initial_args={"CustomAttributes": "top_k=5"})
     ctx.state.results["query"] = {"sample": name, "answer": answer}
     ctx.save()
     ctx.say(f"event=prediction endpoint={endpoint} sample={name} label={answer['predictions'][0]['label']}")
@@ -311,7 +319,7 @@ def step_mme(ctx: Context) -> None:
     answers = {}
     for target, source in artifacts.items():
         mme.add_model(model_data_source=source, model_data_path=target)
-        answer = predictor.predict(body, target_model=target)
+        answer = predictor.predict(sdk.image_payload(body), target_model=target)
         answers[target] = answer
         ctx.say(f"event=prediction endpoint={name} target_model={target} sample={sample} label={answer['predictions'][0]['label']}")
     ctx.state.results["mme"] = answers

@@ -6,6 +6,7 @@ Debugger/Profiler settings. Keeping the SDK behind this one module keeps a move 
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import boto3
@@ -14,7 +15,7 @@ from deploy.aws import tag_list
 from deploy.config import DeployConfig
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
 
-IMAGE_CONTENT_TYPE = "image/jpeg"
+IMAGE_CONTENT_TYPE = "image/jpeg"  # what Clarify sends each perturbed image as
 DEBUGGER_RULES = ("vanishing_gradient", "overfit", "overtraining", "poor_weight_initialization", "loss_not_decreasing")
 CLARIFY_PROBABILITIES = "predictions[0].probabilities"  # JMESPath into our JSON answer (README: Serving)
 
@@ -41,7 +42,6 @@ def estimator(
 ) -> Any:
     """The training job definition shared by tuning (``profiled=False``) and the final job."""
     from sagemaker.debugger import (
-        CollectionConfig,
         DebuggerHookConfig,
         ProfilerConfig,
         ProfilerRule,
@@ -53,14 +53,9 @@ def estimator(
     output_path = f"{cfg.s3_root}/runs/{run_id}/{kind}"
     debug: dict[str, Any] = {"debugger_hook_config": False, "disable_profiler": True}
     if profiled and cfg.debugger:
-        debug["debugger_hook_config"] = DebuggerHookConfig(
-            s3_output_path=f"{output_path}/debug",
-            collection_configs=[
-                CollectionConfig("losses", parameters={"save_interval": "10"}),
-                CollectionConfig("gradients", parameters={"save_interval": "50"}),
-                CollectionConfig("weights", parameters={"save_interval": "100"}),
-            ],
-        )
+        # the rules add the collections they read (gradients, losses, relu_input, weights ...);
+        # naming them here as well would send each twice with different intervals
+        debug["debugger_hook_config"] = DebuggerHookConfig(s3_output_path=f"{output_path}/debug")
         debug["rules"] = [Rule.sagemaker(getattr(rule_configs, name)()) for name in DEBUGGER_RULES]
     if profiled and cfg.profiler:
         debug["disable_profiler"] = False
@@ -149,11 +144,21 @@ def multi_model(cfg: DeployConfig, sm_session: Any, *, image_uri: str, name: str
 
 
 def predictor(endpoint_name: str, sm_session: Any) -> Any:
+    """JSON in, JSON out: ``{"instances": [{"b64": ...}]}``, the batch form of our /invocations.
+
+    Raw ``image/jpeg`` works as well (see the README's curl example); JSON is used here because
+    it carries several images per request, and because the local AWS emulator the tests run
+    against cannot hold a binary request body.
+    """
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.predictor import Predictor
-    from sagemaker.serializers import IdentitySerializer
+    from sagemaker.serializers import JSONSerializer
 
-    return Predictor(endpoint_name, sm_session, IdentitySerializer(IMAGE_CONTENT_TYPE), JSONDeserializer())
+    return Predictor(endpoint_name, sm_session, JSONSerializer(), JSONDeserializer())
+
+
+def image_payload(*images: bytes) -> dict[str, Any]:
+    return {"instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
 
 
 def transformer(cfg: DeployConfig, sm_session: Any, *, model_name: str, output_path: str, run_id: str) -> Any:

@@ -3,6 +3,7 @@
 #   dataset-fashion-mnist  offline sample photos      curl        the demo's query
 #   openjdk-17-jre-headless  multi-model-server        shellcheck  static checks
 #   docker.io, debootstrap   the container tier (a real engine, a local base image)
+#   docker-registry          a local registry that deploy/push_and_train.sh pushes to in the tests
 set -euo pipefail
 sudo=""
 [[ "$(id -u)" == 0 ]] || sudo="sudo"
@@ -14,6 +15,7 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v shellcheck >/dev/null || missing+=(shellcheck)
   command -v dockerd >/dev/null || missing+=(docker.io)
   command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
 fi
 if (( ${#missing[@]} )); then
   echo "installing: ${missing[*]}"

@@ -47,6 +47,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
+def engine():
+    """One Docker engine per session, shared by the container tier and the push test in tests/aws."""
+    from tests.container.engine import DockerEngine
+
+    engine = DockerEngine()
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
 

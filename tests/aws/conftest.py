@@ -52,7 +52,15 @@ class Emulator:
             if entry.get("body_encoded"):
                 body = base64.b64decode(body).decode(errors="replace")
             target = entry.get("headers", {}).get("X-Amz-Target", "")
-            out.append({"operation": target.rsplit(".", 1)[-1], "method": entry["method"], "path": entry["url"], "body": body})
+            out.append(
+                {
+                    "operation": target.rsplit(".", 1)[-1],
+                    "method": entry["method"],
+                    "path": entry["url"],
+                    "headers": entry.get("headers", {}),
+                    "body": body,
+                }
+            )
         return [r for r in out if not r["path"].startswith("/moto-api/")]
 
     def sent(self, operation: str) -> list[dict]:

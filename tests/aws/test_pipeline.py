@@ -10,10 +10,8 @@ pipeline sends is then read back from the emulator's recorder and describe calls
 
 from __future__ import annotations
 
-import io
+import base64
 import json
-import tarfile
-from pathlib import Path
 
 import boto3
 import pytest
@@ -21,40 +19,9 @@ import pytest
 from deploy import pipeline
 from deploy.config import load_config
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
+from tests.aws import seeding
 from tests.aws.conftest import BUCKET, REGION, ROLE
-
-TUNED = {"lr": "0.003", "batch_size": "64", "weight_decay": "0.0001", "freeze": "none"}
-
-
-def _tar(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.add(path, arcname=str(path.relative_to(folder)))
-    return buffer.getvalue()
-
-
-def _put(key: str, body: bytes) -> None:
-    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body=body)
-
-
-class Answers:
-    """What our server answers for an image: the package's own inference and encoder."""
-
-    def __init__(self, model_dir: Path):
-        from image_classifier.serving.model import LoadedModel
-
-        self.model = LoadedModel(model_dir)
-
-    def json(self, path: Path, *, top_k: int, lines: bool = False) -> str:
-        from image_classifier.data.loading import load_rgb
-        from image_classifier.serving.codec import ResponseOptions, encode_predictions
-
-        probabilities = self.model.predict([load_rgb(path)])
-        accept = "application/jsonlines" if lines else "application/json"
-        body, _ = encode_predictions(probabilities, self.model.classes, ResponseOptions(accept, top_k, False))
-        return body.decode()
+from tests.aws.seeding import TUNED, Answers
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +98,8 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     definition = tuning["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
     assert definition["AlgorithmSpecification"]["TrainingImage"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
-    assert definition["StaticHyperParameters"] == {"model": "resnet18", "image_size": "32", "augment": "light", "epochs": "8"}
+    # the backbone is searched, so it is a tuned hyperparameter, not a static one
+    assert definition["StaticHyperParameters"] == {"image_size": "32", "augment": "light", "epochs": "8"}
     assert definition["EnableManagedSpotTraining"] is True
     assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
     assert definition["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/image-classifier/checkpoints/{run_id}/tune"
@@ -141,14 +109,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert _tags(sm, tuning["HyperParameterTuningJobArn"]) == {"project": "image-classifier", "run-id": run_id, "team": "vision"}
 
     # 2. best job: seed what the emulator cannot produce (the real best trial and three trials)
-    seeded_hps = {**definition["StaticHyperParameters"], **TUNED, "_tuning_objective_metric": OBJECTIVE_METRIC}
-    for i, lr in enumerate(("0.001", "0.003", "0.01"), 1):
-        _seed_job(sm, f"{ctx.state.tuning_job}-{i:03d}-0a1b2c3d", {**seeded_hps, "lr": lr}, f"s3://{BUCKET}/seed")
-    best_name = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=ctx.state.tuning_job)["BestTrainingJob"][
-        "TrainingJobName"
-    ]
-    _seed_job(sm, best_name, seeded_hps, f"s3://{BUCKET}/seed")
-    _put(f"seed/{best_name}/output/model.tar.gz", _tar(trained["model_dir"]))
+    best_name, seeded_hps = seeding.tuning_results(ctx.state.tuning_job, definition["StaticHyperParameters"], trained["model_dir"])
     pipeline.run(["best"], ctx)
     assert ctx.state.best_hyperparameters == {k: v for k, v in seeded_hps.items() if not k.startswith("_")}
     assert ctx.state.best_model_data == f"s3://{BUCKET}/seed/{best_name}/output/model.tar.gz"
@@ -158,12 +119,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     # 3. the final, profiled job; its real model and reports are seeded where the job writes them
     final = ctx.job_name("final")
     job_root = f"image-classifier/runs/{run_id}/final/{final}"
-    _put(f"{job_root}/output/model.tar.gz", _tar(trained["model_dir"]))
-    _put(f"{job_root}/output/output.tar.gz", _tar(trained["output_dir"]))
-    _put(
-        f"{job_root}/rule-output/ProfilerReport-1/profiler-output/profiler-report.html",
-        b"<html>stand-in: written by SageMaker's rule job</html>",
-    )
+    seeding.final_job_outputs(job_root, trained["model_dir"], trained["output_dir"])
     pipeline.run(["train"], ctx)
     sent = aws.sent("CreateTrainingJob")[-1]
     assert sent["TrainingJobName"] == final
@@ -176,7 +132,8 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
         "LossNotDecreasing",
     ]
     assert sent["DebugHookConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/runs/{run_id}/final/debug"
-    assert {c["CollectionName"] for c in sent["DebugHookConfig"]["CollectionConfigurations"]} == {"losses", "gradients", "weights"}
+    collections = [c["CollectionName"] for c in sent["DebugHookConfig"]["CollectionConfigurations"]]
+    assert sorted(collections) == ["gradients", "losses", "relu_input"]  # what the rules read, each once
     assert sent["ProfilerConfig"]["S3OutputPath"] == f"s3://{BUCKET}/image-classifier/runs/{run_id}/final/profiler"
     assert [r["RuleConfigurationName"] for r in sent["ProfilerRuleConfigurations"]] == ["ProfilerReport"]
     assert sent["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
@@ -196,7 +153,9 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     endpoint = sm.describe_endpoint(EndpointName=ctx.state.endpoint)
     assert endpoint["EndpointStatus"] == "InService"
     model = sm.describe_model(ModelName=ctx.state.model_name)
-    assert model["EnableNetworkIsolation"] is True
+    created = aws.sent("CreateModel")[-1]  # the emulator does not keep these two fields
+    assert created["EnableNetworkIsolation"] is True
+    assert created["VpcConfig"] == {"Subnets": ["subnet-0123456789abcdef0"], "SecurityGroupIds": ["sg-0123456789abcdef0"]}
     assert model["PrimaryContainer"]["Image"] == ctx.state.image_uri
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://{BUCKET}/{job_root}/output/model.tar.gz"
     for arn in (endpoint["EndpointArn"], model["ModelArn"]):
@@ -206,7 +165,8 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert f"label={top[0]['label']}" in out
     assert all(f"{e['probability']:.3f}  {e['label']}" in out for e in top)
     invoke = [r for r in aws.requests() if r["path"].endswith("/invocations")][-1]
-    assert invoke["body"] and "top_k=5" in json.dumps(aws.requests()[-1])
+    assert invoke["headers"]["X-Amzn-SageMaker-Custom-Attributes"] == "top_k=5"
+    assert base64.b64decode(json.loads(invoke["body"])["instances"][0]["b64"]) == sample.read_bytes()
 
     # 5. multi-model endpoint: both artifacts copied under the prefix, each invoked by TargetModel
     aws.queue_endpoint_results([expected, expected])
@@ -219,6 +179,8 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     mme_model = sm.describe_model(ModelName=ctx.state.multi_model_endpoint)
     assert mme_model["PrimaryContainer"]["Mode"] == "MultiModel"
     assert set(ctx.state.results["mme"]) == {"final.tar.gz", "best-trial.tar.gz"}
+    targets = [r["headers"].get("X-Amzn-SageMaker-Target-Model") for r in aws.requests() if r["path"].endswith("/invocations")]
+    assert targets[-2:] == ["final.tar.gz", "best-trial.tar.gz"]
 
     # 6. batch transform: outputs seeded with the package's real answers, accuracy computed from them
     prefix = f"image-classifier/runs/{run_id}/transform/"
@@ -226,11 +188,10 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     test_keys = [k for k in keys if not k.endswith("/")]
     for key in test_keys:
         relative = key.removeprefix("image-classifier/data/test/")
-        local = ctx.run_dir / "data" / "test" / relative
-        local = local if local.is_file() else next((ctx.run_dir / "data").rglob(Path(relative).name))
+        local = digits_data / "test" / relative
         line = answers.json(local, top_k=1, lines=True)
         correct += json.loads(line)["label"] == relative.split("/")[0]
-        _put(prefix + relative + ".out", line.encode())
+        seeding.put(prefix + relative + ".out", line.encode())
     pipeline.run(["transform"], ctx)
     transform = sm.describe_transform_job(TransformJobName=ctx.state.transform_job)
     assert transform["TransformInput"]["ContentType"] == "application/x-image"
@@ -257,18 +218,6 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["someone-elses"]
     assert [m["ModelName"] for m in sm.list_models()["Models"]] == ["someone-elses"]
     assert [c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]] == ["someone-elses"]
-
-
-def _seed_job(sm, name: str, hyperparameters: dict[str, str], output: str) -> None:
-    sm.create_training_job(
-        TrainingJobName=name,
-        HyperParameters=hyperparameters,
-        AlgorithmSpecification={"TrainingImage": "seed", "TrainingInputMode": "File"},
-        RoleArn=ROLE,
-        OutputDataConfig={"S3OutputPath": output},
-        ResourceConfig={"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 10},
-        StoppingCondition={"MaxRuntimeInSeconds": 3600},
-    )
 
 
 def _stranger(sm) -> None:

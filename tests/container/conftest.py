@@ -1,4 +1,4 @@
-"""Session fixtures of the container tier: the engine, the base stand-in, the built image."""
+"""Session fixtures of the container tier: the base stand-in and the built image (the engine: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import time
 
 import pytest
 
-from tests.container.engine import DockerEngine, base_image, local_wheel_dir, serve_folder
+from tests.container.engine import base_image, local_wheel_dir, serve_folder
 from tests.helpers import REPO_ROOT
 
 IMAGE = "image-classifier:local"  # the tag docker-compose.yml uses
 BUILD_FACTS: dict[str, float | str] = {}
-
-
-@pytest.fixture(scope="session")
-def engine():
-    engine = DockerEngine()
-    engine.start()
-    yield engine
-    engine.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,84 @@
+"""deploy/train_and_deploy.ipynb runs top to bottom against the emulator, so it cannot rot.
+
+Cells run one at a time in a real Jupyter kernel (nbclient); between them the test seeds what
+the emulator cannot produce (tests/aws/seeding.py), exactly as the pipeline test does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nbformat
+from nbclient import NotebookClient
+
+from tests.aws import seeding
+from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.helpers import REPO_ROOT
+
+NOTEBOOK = REPO_ROOT / "deploy" / "train_and_deploy.ipynb"
+
+
+def _output_text(cell) -> str:
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
+    base, _ = digits_job
+    model_dir, output_dir = base / "model", base / "output" / "data"
+    pretrained = tmp_path / "pretrained"
+    pretrained.mkdir()
+    from safetensors.torch import save_file
+    from torch import zeros
+
+    save_file({"stand_in": zeros(1)}, str(pretrained / "resnet18.safetensors"))
+    sample = sorted((digits_data / "test" / "digit_5").glob("*.png"))[0]
+    answer = seeding.Answers(model_dir).json(sample, top_k=5)
+    aws.queue_endpoint_results([answer])
+    runs = tmp_path / "runs"
+    env = {
+        **os.environ,
+        "IC_REGION": REGION,
+        "IC_ROLE_ARN": ROLE,
+        "IC_BUCKET": BUCKET,
+        "IC_MODEL": "resnet18",
+        "IC_RUNS_DIR": str(runs),
+        "IC_STREAM_LOGS": "false",
+        "IC_HYPERPARAMETERS": json.dumps({"image_size": "32"}),
+        "IC_NB_DATA": str(digits_data),
+        "IC_NB_PRETRAINED_DIR": str(pretrained),
+        "IC_NB_SAMPLE": str(sample),
+        "IC_NB_CREATE_ENDPOINTS": "true",
+        "IC_NB_OPTIONAL": "",
+    }
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    outputs: dict[str, str] = {}
+    with client.setup_kernel(env=env):
+        for index, cell in enumerate(notebook.cells):
+            tag = (cell.metadata.get("tags") or [""])[0]
+            run_id = (runs / "latest").read_text().strip() if (runs / "latest").is_file() else None
+            if tag == "best":
+                tuning_job = f"ic-tune-{run_id}"
+                seeding.tuning_results(tuning_job, {"image_size": "32", "epochs": "8"}, model_dir)
+            if tag == "train":
+                seeding.final_job_outputs(f"image-classifier/runs/{run_id}/final/ic-final-{run_id}", model_dir, output_dir)
+            client.execute_cell(cell, index)
+            if cell.cell_type == "code":
+                outputs[tag] = _output_text(cell)
+
+    top = json.loads(answer)["predictions"][0]["top_k"]
+    assert "run_id=" in outputs["setup"]
+    assert "'train':" in outputs["data"] and "'pretrained':" in outputs["data"]
+    for lr in seeding.TRIAL_LRS:
+        assert f" {lr} " in outputs["best"], outputs["best"]
+    assert "best: FakeTrainingJobName" in outputs["best"] and "'lr': '0.003'" in outputs["best"]
+    assert "status: completed" in outputs["train"] and "test_acc" in outputs["train"]
+    assert "image/png" in json.dumps([c.get("outputs") for c in notebook.cells if (c.metadata.get("tags") or [""])[0] == "curves"])
+    assert all(f"{e['probability']:.3f}  {e['label']}" in outputs["deploy"] for e in top), outputs["deploy"]
+    assert "event=cleanup_done" in outputs["cleanup"]
+    assert not [c for c in notebook.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
