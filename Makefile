@@ -47,7 +47,7 @@ test-full: test
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy container/src
+	$(VENV)/bin/mypy container/src deploy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

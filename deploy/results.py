@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from image_classifier import params
+from image_classifier.params import REPORT_JSON_FILE
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -74,7 +74,7 @@ def download_reports(s3: Any, job: dict[str, Any], dest: Path) -> dict[str, Any]
             found["files"] += _safe_extract(archive, dest / "output")
     job_root = model_data.rsplit("/", 2)[0]  # <output_path>/<job-name>
     found["files"] += download_prefix(s3, f"{job_root}/rule-output/", dest / "rule-output")
-    report = dest / "output" / params.REPORT_JSON_FILE
+    report = dest / "output" / REPORT_JSON_FILE
     if report.is_file():
         found["report"] = json.loads(report.read_text())
     found["profiler_report"] = next((str(p) for p in found["files"] if p.name == "profiler-report.html"), None)
