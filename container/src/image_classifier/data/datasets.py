@@ -1,4 +1,10 @@
-"""A map-style dataset over an index, a resumable sampler, and a collate that counts bad files."""
+"""A map-style dataset over an index, a resumable sampler, and a collate that counts bad files.
+
+Random augmentation is a function of (seed, epoch, sample), not of a worker's RNG stream: the
+sampler hands each index with its own seed. So a job resumed from a checkpoint (after SIGTERM,
+or SIGKILL from the last epoch checkpoint) sees exactly the augmented images an uninterrupted job
+sees, whatever the number of loader workers and wherever they were restarted.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +31,24 @@ class LabelledImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[index]
         try:
             image = load_rgb(path, self.draft)
         except UnreadableImage as exc:
             log.warning("event=skip_unreadable reason=%s", str(exc).replace(" ", "_")[:200])
             return None
-        return self.transform(image), label
+        if seed is None:
+            return self.transform(image), label
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left as it was
+            torch.manual_seed(seed)
+            return self.transform(image), label
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch (any fixed mixing of the three will do)."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index & (2**63 - 1)
 
 
 def collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -52,8 +68,11 @@ class ResumableSampler(Sampler[int]):
     after a Spot interruption sees exactly the samples it had not yet seen.
     """
 
-    def __init__(self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    def __init__(
+        self, size: int, *, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1, pad: bool = True, with_seeds: bool = False
+    ):
+        """``with_seeds``: yield ``(index, sample_seed)`` pairs for ``LabelledImages`` (training)."""
+        self.size, self.seed, self.shuffle, self.with_seeds = size, seed, shuffle, with_seeds
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch = 0
         self.skip = 0
@@ -73,8 +92,11 @@ class ResumableSampler(Sampler[int]):
             order += order[: total - self.size]
         return order[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._shard()[self.skip :])
+    def __iter__(self) -> Iterator:
+        indices = self._shard()[self.skip :]
+        if self.with_seeds:
+            return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in indices])
+        return iter(indices)
 
     def __len__(self) -> int:
         return max(0, len(self._shard()) - self.skip)

@@ -12,7 +12,9 @@ import binascii
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -113,11 +115,15 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
         raise RequestError(400, f"{what} could not be decoded as an image ({type(exc).__name__})") from None
 
 
-def decode_request(body: bytes, content_type: str | None) -> list[Image.Image]:
-    """One image for raw image bodies; one or many for JSON ``{"instances": [{"b64": ...}]}``."""
+def decode_request(body: bytes, content_type: str | None, prepare: Callable[[Image.Image], Any] = lambda image: image) -> list:
+    """One image for raw image bodies; one or many for JSON ``{"instances": [{"b64": ...}]}``.
+
+    ``prepare`` turns each image into what the model takes as soon as it is decoded, so a
+    request never holds more than one full-size decoded image (64 large ones would not fit).
+    """
     kind = media_type(content_type)
     if kind in IMAGE_TYPES:
-        return [decode_image(body)]
+        return [prepare(decode_image(body))]
     if kind != JSON_TYPE:
         raise RequestError(
             415, f"unsupported content type {content_type!r}; use image/jpeg, image/png, application/x-image or application/json"
@@ -126,7 +132,7 @@ def decode_request(body: bytes, content_type: str | None) -> list[Image.Image]:
         raise RequestError(400, "request body is empty")
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise RequestError(400, "request body is not valid JSON") from None
     instances = document.get("instances") if isinstance(document, dict) else None
     if not isinstance(instances, list) or not instances:
@@ -142,7 +148,7 @@ def decode_request(body: bytes, content_type: str | None) -> list[Image.Image]:
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
-        images.append(decode_image(raw, f"instances[{i}]"))
+        images.append(prepare(decode_image(raw, f"instances[{i}]")))
     return images
 
 

@@ -9,6 +9,7 @@ SageMaker's multi-model protocol by translating it to MMS's management API.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from image_classifier import params
+from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, unpack
 from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
@@ -36,6 +38,7 @@ class Front:
         self.session: aiohttp.ClientSession | None = None
         self.loaded_ok = False  # single-model mode: set once MMS has loaded the model
         self._ping_cache: tuple[float, bool] = (0.0, False)
+        self.batchers: dict[str, Batcher] = {}
 
     # --- plumbing ------------------------------------------------------------------------
     async def start_session(self, _app=None) -> None:
@@ -138,16 +141,43 @@ class Front:
         if not body:
             raise RequestError(400, "request body is empty")
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        if self.config.batch_size > 1:
+            answer = await self._batcher(model).submit(headers, body)
+        else:
+            answer = await self._forward(model, body, headers)
+        if answer.status == 200:
+            return web.Response(body=answer.body, status=200, headers={"Content-Type": answer.content_type})
+        if answer.status == 404:
+            return json_error(404, f"model {model!r} is not loaded")
+        return json_error(answer.status, error_message(answer.body, "model server error"))
+
+    async def _forward(self, model: str, body: bytes, headers: dict[str, str]) -> Answer:
+        """POST to MMS; a 5xx is retried once, after 0.1 s.
+
+        Inference has no side effects, and a worker that dies (the OOM killer, a crash) fails the
+        request it held with "Worker died." while the other workers serve on: the retry reaches one.
+        """
         assert self.session is not None
-        async with self.session.post(self.mms(f"/predictions/{model}"), data=body, headers=headers) as response:
-            payload = await response.read()
-            content_type = response.headers.get("Content-Type", JSON_TYPE)
-            if response.status == 200:
-                return web.Response(body=payload, status=200, headers={"Content-Type": content_type})
-            if response.status == 404:
-                return json_error(404, f"model {model!r} is not loaded")
-            message = error_message(payload, response.reason or "model server error")
-            return json_error(response.status, message)
+        for attempt in range(2):
+            async with self.session.post(self.mms(f"/predictions/{model}"), data=body, headers=headers) as response:
+                answer = Answer(response.status, response.headers.get("Content-Type", JSON_TYPE), await response.read())
+            if answer.status < 500 or attempt:
+                break
+            log.warning("event=mms_retry status=%d reason=%s", answer.status, error_message(answer.body, "").replace(" ", "_"))
+            await asyncio.sleep(0.1)
+        return answer
+
+    def _batcher(self, model: str) -> Batcher:
+        if model not in self.batchers:
+
+            async def send(envelope: bytes) -> list[Answer]:
+                answer = await self._forward(model, envelope, {"Content-Type": ENVELOPE_TYPE})
+                if answer.status != 200 or not answer.content_type.startswith(ENVELOPE_TYPE):
+                    return [answer]  # MMS itself failed: the same answer for every request
+                return [Answer(int(meta["status"]), str(meta["content_type"]), part) for meta, part in unpack(answer.body)]
+
+            self.batchers[model] = Batcher(send, self.config.batch_size, self.config.max_batch_delay_ms / 1000)
+        return self.batchers[model]
 
     def _check_request(self, request: web.Request) -> None:
         """Refuse before reading: oversized bodies, unsupported content types and accept types."""

@@ -57,8 +57,9 @@ def mms_properties(config: ServingConfig, workdir: Path) -> dict[str, str]:
         "default_workers_per_model": str(config.workers),
         "decode_input_request": "false",
         "job_queue_size": "1000",
-        # the front enforces SAGEMAKER_MAX_PAYLOAD_IN_MB with a JSON 413; MMS must not cut in first
-        "max_request_size": str(config.max_payload_bytes + 1024 * 1024),
+        # the front enforces SAGEMAKER_MAX_PAYLOAD_IN_MB with a JSON 413; MMS must not cut in first,
+        # and a batch envelope from the front holds up to batch_size requests
+        "max_request_size": str(config.max_payload_bytes * config.batch_size + 1024 * 1024),
         "max_response_size": str(64 * 1024 * 1024),
         "default_response_timeout": str(config.timeout_seconds),
         "unregister_model_timeout": str(config.timeout_seconds),
@@ -165,8 +166,8 @@ def register_query(config: ServingConfig, name: str, store_entry: str) -> str:
             "url": store_entry,
             "model_name": name,
             "initial_workers": config.workers,
-            "batch_size": config.batch_size,
-            "max_batch_delay": config.max_batch_delay_ms,
+            "batch_size": 1,  # the front batches (see serving.batching): MMS must not
+            "max_batch_delay": 1,
             "response_timeout": config.timeout_seconds,
             "synchronous": "true",
         }

@@ -23,6 +23,7 @@ from image_classifier.modeling.factory import build_architecture
 from image_classifier.modeling.weights_io import sha256_of
 
 log = logging.getLogger(__name__)
+MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``centre_bounded``)
 
 
 class LoadedModel:
@@ -58,11 +59,35 @@ class LoadedModel:
             time.perf_counter() - started,
         )
 
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One decoded image as the model's input tensor (resized, centre-cropped, normalised)."""
+        return self.transform(centre_bounded(image))
+
     @torch.inference_mode()
-    def predict(self, images: list[Image.Image]) -> list[list[float]]:
-        """Class probabilities for each image, the whole list as one batch."""
-        batch = torch.stack([self.transform(image) for image in images]).contiguous(memory_format=torch.channels_last)
+    def predict_tensors(self, tensors: list[torch.Tensor]) -> list[list[float]]:
+        """Class probabilities for each prepared image, the whole list as one batch."""
+        batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
         return self.model(batch).float().softmax(dim=1).tolist()
+
+    def predict(self, images: list[Image.Image]) -> list[list[float]]:
+        return self.predict_tensors([self.prepare(image) for image in images])
+
+
+def centre_bounded(image: Image.Image) -> Image.Image:
+    """Crop a very long, narrow image to its centre 4:1 before the resize.
+
+    The eval transform resizes the shorter side and keeps a centre square, so nothing outside
+    the centre 4:1 region is ever used; resizing all of a 1 x 10,000,000 image first would
+    need gigabytes (36 x 360,000,000 pixels) and kill the worker.
+    """
+    width, height = image.size
+    if width > MAX_ASPECT * height:
+        left = (width - MAX_ASPECT * height) // 2
+        return image.crop((left, 0, left + MAX_ASPECT * height, height))
+    if height > MAX_ASPECT * width:
+        top = (height - MAX_ASPECT * width) // 2
+        return image.crop((0, top, width, top + MAX_ASPECT * width))
+    return image
 
 
 def load_card(model_dir: Path) -> ModelCard:

@@ -2,8 +2,9 @@
 
 sagemaker-inference's own ``Transformer`` handles an MMS batch item by item with the first
 request's headers and turns one exception into one error for the whole batch. Here every
-request of a batch is decoded with its own headers; the ones that fail get their own status and
-JSON error; all the images of the others go through the model as one tensor.
+request is decoded with its own headers; the ones that fail get their own status and JSON error;
+all the images of the others go through the model as one tensor. Requests arrive one per MMS
+job, or several in one envelope from the front's batcher (see ``batching``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,21 @@ import os
 from pathlib import Path
 
 from image_classifier import params
-from image_classifier.serving.codec import RequestError, ResponseOptions, decode_request, encode_predictions, error_body, response_options
+from image_classifier.serving.batching import ENVELOPE_TYPE, pack, unpack
+from image_classifier.serving.codec import (
+    JSON_TYPE,
+    RequestError,
+    ResponseOptions,
+    decode_request,
+    encode_predictions,
+    error_body,
+    media_type,
+    response_options,
+)
 from image_classifier.serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
+Reply = tuple[int, str, bytes]  # status, content type, body
 
 
 def _headers(context, idx: int) -> dict[str, str]:
@@ -33,6 +45,10 @@ def _body(request) -> bytes:
     return bytes(value or b"")
 
 
+def _error(status: int, message: str) -> Reply:
+    return status, JSON_TYPE, error_body(message)
+
+
 class BatchTransformer:
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
@@ -43,41 +59,60 @@ class BatchTransformer:
             self.model = LoadedModel(Path(model_dir or "."), threads)
 
     def transform(self, data, context) -> list[bytes]:
-        assert self.model is not None
-        responses: list[bytes] = [b""] * len(data)
-        accepted: list[tuple[int, ResponseOptions, int, int]] = []
-        images: list = []
+        """MMS's entry point: each MMS request is one client request, or an envelope of several."""
+        responses: list[bytes] = []
         for idx, request in enumerate(data):
-            headers = _headers(context, idx)
+            headers, body = _headers(context, idx), _body(request)
+            if media_type(headers.get("content-type")) == ENVELOPE_TYPE:
+                try:
+                    parts = [({str(k).lower(): str(v) for k, v in meta.items()}, part) for meta, part in unpack(body)]
+                except ValueError:
+                    parts = None
+                if parts is not None:
+                    replies = self.answer(parts)
+                    body_out = pack([({"status": s, "content_type": t}, b) for s, t, b in replies])
+                    status, content_type = 200, ENVELOPE_TYPE
+                else:
+                    status, content_type, body_out = _error(400, "malformed batch envelope")
+            else:
+                status, content_type, body_out = self.answer([(headers, body)])[0]
+            # MMS writes the reason phrase with its character count as the byte count: keep it ASCII
+            context.set_response_status(status, "OK" if status == 200 else "error", idx)
+            context.set_response_content_type(idx, content_type)
+            responses.append(body_out)
+        return responses
+
+    def answer(self, requests: list[tuple[dict[str, str], bytes]]) -> list[Reply]:
+        """One reply per request; the images of every good request run through the model together."""
+        assert self.model is not None
+        replies: list[Reply | None] = [None] * len(requests)
+        accepted: list[tuple[int, ResponseOptions, int, int]] = []
+        tensors: list = []
+        for idx, (headers, body) in enumerate(requests):
             try:
                 options = response_options(
                     headers.get("accept"), headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()), len(self.model.classes)
                 )
-                decoded = decode_request(_body(request), headers.get("content-type"))
+                decoded = decode_request(body, headers.get("content-type"), self.model.prepare)
             except RequestError as exc:
-                responses[idx] = self._fail(context, idx, exc.status, exc.message)
+                replies[idx] = _error(exc.status, exc.message)
                 continue
-            accepted.append((idx, options, len(images), len(images) + len(decoded)))
-            images += decoded
-        log.info("event=batch requests=%d accepted=%d images=%d", len(data), len(accepted), len(images))
-        if not accepted:
-            return responses
-        try:
-            probabilities = self.model.predict(images)
-        except Exception as exc:
-            log.exception("event=predict_failed")
-            for idx, *_ in accepted:
-                responses[idx] = self._fail(context, idx, 500, f"inference failed: {type(exc).__name__}")
-            return responses
-        for idx, options, start, stop in accepted:
-            body, content_type = encode_predictions(probabilities[start:stop], self.model.classes, options)
-            responses[idx] = body
-            context.set_response_content_type(idx, content_type)
-            context.set_response_status(200, "OK", idx)
-        return responses
-
-    @staticmethod
-    def _fail(context, idx: int, status: int, message: str) -> bytes:
-        context.set_response_status(status, message, idx)
-        context.set_response_content_type(idx, "application/json")
-        return error_body(message)
+            except Exception as exc:  # a bug must fail this request alone, never the batch or the worker
+                log.exception("event=decode_failed")
+                replies[idx] = _error(500, f"request could not be processed: {type(exc).__name__}")
+                continue
+            accepted.append((idx, options, len(tensors), len(tensors) + len(decoded)))
+            tensors += decoded
+        log.info("event=batch requests=%d accepted=%d images=%d", len(requests), len(accepted), len(tensors))
+        if accepted:
+            try:
+                probabilities = self.model.predict_tensors(tensors)
+            except Exception as exc:
+                log.exception("event=predict_failed")
+                for idx, *_ in accepted:
+                    replies[idx] = _error(500, f"inference failed: {type(exc).__name__}")
+            else:
+                for idx, options, start, stop in accepted:
+                    body, content_type = encode_predictions(probabilities[start:stop], self.model.classes, options)
+                    replies[idx] = (200, content_type, body)
+        return [reply or _error(500, "no answer") for reply in replies]

@@ -5,13 +5,19 @@ the position inside the epoch (``step``), so a job stopped mid-epoch resumes on 
 batches it had not seen. Writes go to a temporary file, are fsynced, then renamed: a crash
 mid-write (or a full disk) leaves the previous checkpoint intact. Loading uses
 ``weights_only=True`` (no pickle); a newest checkpoint that does not load is skipped with a warning.
+
+A write that fails (disk full, read-only folder) does not stop training: ``write_or_warn`` logs
+``event=checkpoint_failed`` and the job goes on; a restart resumes from the previous checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -19,6 +25,7 @@ from image_classifier import params
 from image_classifier.atomic import atomic_target
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _NAME = re.compile(r"^checkpoint-(\d+)-(\d+)\.pt$")
 
 
@@ -34,11 +41,28 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def save_checkpoint(state: dict, directory: Path, epoch: int, step: int, keep: int = params.CHECKPOINTS_KEPT) -> Path:
     target = checkpoint_path(directory, epoch, step)
-    with atomic_target(target) as tmp:
-        torch.save(state, tmp)
+    with atomic_target(target) as tmp, open(tmp, "wb") as handle:
+        try:
+            torch.save(state, handle)
+        except RuntimeError as exc:  # torch wraps the OSError of a failed write (ENOSPC): raise that
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
     for old in list_checkpoints(directory)[keep:]:
         old.unlink(missing_ok=True)
     return target
+
+
+def write_or_warn(what: str, write: Callable[..., T], *args) -> T | None:
+    """``write(*args)``, one write into the checkpoint folder; on OSError log why and return None."""
+    from safetensors import SafetensorError
+
+    try:
+        return write(*args)
+    except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors as "... (os error 28)"
+        code = getattr(exc, "errno", None) or int((re.findall(r"os error (\d+)", str(exc)) or ["0"])[0])
+        log.warning("event=checkpoint_failed what=%s reason=%s", what, errno.errorcode.get(code, type(exc).__name__))
+        return None
 
 
 def load_latest(directory: Path) -> tuple[dict, Path] | None:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from image_classifier import params
-from image_classifier.data.datasets import LabelledImages, ResumableSampler, collate
+from image_classifier.data.datasets import LabelledImages, ResumableSampler, collate, sample_seed
 from image_classifier.data.discovery import ImageFolderIndex, check_same_classes, index_split, resolve_splits
 from image_classifier.data.loading import find_unreadable
 from image_classifier.data.presets import DataConfig, eval_transform, train_transform
@@ -44,7 +44,7 @@ from image_classifier.modeling.factory import build_architecture, create_model, 
 from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
 from image_classifier.training import reports
-from image_classifier.training.checkpoints import load_latest, save_checkpoint
+from image_classifier.training.checkpoints import load_latest, save_checkpoint, write_or_warn
 from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, gather_lists, init_world, shutdown
@@ -136,7 +136,9 @@ def drop_unreadable(indices: list[ImageFolderIndex], hp: Hyperparameters, world:
 
 def make_loader(samples, transform, config: DataConfig, hp: Hyperparameters, world: World, *, train: bool, workers: int, pin: bool):
     dataset = LabelledImages(samples, transform, draft_size=config.resize_size)
-    sampler = ResumableSampler(len(dataset), seed=hp.seed, shuffle=train, rank=world.rank, world_size=world.size, pad=train)
+    sampler = ResumableSampler(
+        len(dataset), seed=hp.seed, shuffle=train, rank=world.rank, world_size=world.size, pad=train, with_seeds=train
+    )
     drop_last = train and len(sampler) > hp.batch_size
     return DataLoader(
         dataset,
@@ -359,7 +361,8 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             start_epoch, start_step = int(state["epoch"]), int(state["step"])
             history, best, stale_epochs = list(state["history"]), dict(state["best"]), int(state["stale_epochs"])
             bad_images = max(bad_images, int(state.get("bad_images", 0)))
-            if (stored := _read_best(env.checkpoint_dir)) is not None:
+            stored = _read_best(env.checkpoint_dir)
+            if stored is not None and stored[1].get("epoch") == str(best["epoch"]):  # not one a failed write left stale
                 best_state = stored[0]
             log.info(format_line("resumed", checkpoint=path.name, epoch=start_epoch, step=start_step))
 
@@ -406,11 +409,15 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             skip = start_step * hp.batch_size if epoch == start_epoch else 0
             train_loader.sampler.set_epoch(epoch, skip)
             step0 = start_step if epoch == start_epoch else 0
+            # dropout and the like draw from the main RNG: a fixed state per (seed, rank, epoch, step)
+            # makes a job resumed from an epoch checkpoint draw exactly what an uninterrupted one does
+            torch.manual_seed(sample_seed(hp.seed + world.rank, epoch, step0))
 
             def on_interrupt(step: int, epoch: int = epoch) -> None:
                 if world.is_main:
-                    path = save_checkpoint(checkpoint_state(epoch, step), env.checkpoint_dir, epoch, step)
-                    log.info(format_line("checkpoint", path=path.name, reason="signal", epoch=epoch, step=step))
+                    state = checkpoint_state(epoch, step)
+                    if saved := write_or_warn("checkpoint", save_checkpoint, state, env.checkpoint_dir, epoch, step):
+                        log.info(format_line("checkpoint", path=saved.name, reason="signal", epoch=epoch, step=step))
 
             result = train_one_epoch(
                 model=model,
@@ -463,12 +470,14 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                 best_state = {k: v.detach().to("cpu").clone() for k, v in core.state_dict().items()}
                 stale_epochs = 0
                 if world.is_main:
-                    save_weights(best_state, env.checkpoint_dir / BEST_WEIGHTS_FILE, {k: str(v) for k, v in best.items()})
+                    meta = {k: str(v) for k, v in best.items()}
+                    write_or_warn(BEST_WEIGHTS_FILE, save_weights, best_state, env.checkpoint_dir / BEST_WEIGHTS_FILE, meta)
             else:
                 stale_epochs += 1
             if world.is_main:
-                path = save_checkpoint(checkpoint_state(epoch + 1, 0), env.checkpoint_dir, epoch + 1, 0)
-                log.info(format_line("checkpoint", path=path.name, reason="epoch", epoch=epoch + 1, step=0))
+                state = checkpoint_state(epoch + 1, 0)
+                if saved := write_or_warn("checkpoint", save_checkpoint, state, env.checkpoint_dir, epoch + 1, 0):
+                    log.info(format_line("checkpoint", path=saved.name, reason="epoch", epoch=epoch + 1, step=0))
             barrier(world)
             if bad_images / max(sum(len(k) for k in kept), 1) > hp.max_bad_fraction:
                 raise UserError(f"{bad_images} images became unreadable during training (> max_bad_fraction={hp.max_bad_fraction})")

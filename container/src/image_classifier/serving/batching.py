@@ -1,0 +1,120 @@
+"""Cross-request batching done by the front, so that every reply a worker sends MMS holds one prediction.
+
+Why not MMS's own batching: multi-model-server 1.1.11's Java decoder of worker replies
+(``ModelResponseDecoder``) reads each prediction's status code and header map without checking
+that those bytes have arrived. A reply with several predictions that reaches Java in more than
+one socket read, cut inside one of those fields, throws; MMS then kills the worker ("Worker
+died") and fails every request it held. The fuzz test found it within a few hundred requests. A
+reply with a single prediction is safe: its short fixed head always comes in the first read.
+
+So MMS runs with batch_size=1 and the front gathers concurrent requests (up to
+``IMAGE_CLASSIFIER_BATCH_SIZE``, waiting at most ``IMAGE_CLASSIFIER_MAX_BATCH_DELAY_MS``) into one
+envelope request; the worker answers each part on its own and returns one envelope, which the
+front splits back to the clients.
+
+Envelope: a sequence of parts, each a 4-byte big-endian length + a JSON object of metadata
+(request headers one way, ``status``/``content_type`` the other) + a 4-byte length + the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+ENVELOPE_TYPE = "application/x-image-classifier-batch"
+_LENGTH = struct.Struct(">I")
+
+
+@dataclass
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def pack(parts: list[tuple[dict, bytes]]) -> bytes:
+    out = bytearray()
+    for meta, body in parts:
+        encoded = json.dumps(meta).encode()
+        out += _LENGTH.pack(len(encoded)) + encoded + _LENGTH.pack(len(body)) + body
+    return bytes(out)
+
+
+def unpack(data: bytes) -> list[tuple[dict, bytes]]:
+    """The parts of an envelope; ValueError if it is not one (it only ever comes from the front)."""
+    parts, offset = [], 0
+    view = memoryview(data)
+    while offset < len(view):
+        chunks = []
+        for _ in range(2):
+            if offset + 4 > len(view):
+                raise ValueError("truncated envelope")
+            (length,) = _LENGTH.unpack_from(view, offset)
+            offset += 4
+            if offset + length > len(view):
+                raise ValueError("truncated envelope")
+            chunks.append(bytes(view[offset : offset + length]))
+            offset += length
+        meta = json.loads(chunks[0])
+        if not isinstance(meta, dict):
+            raise ValueError("envelope metadata is not an object")
+        parts.append((meta, chunks[1]))
+    return parts
+
+
+@dataclass
+class _Pending:
+    headers: dict[str, str]
+    body: bytes
+    answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Batcher:
+    """Gathers concurrent requests for one model and sends them as one envelope.
+
+    ``send(envelope)`` forwards an envelope to MMS and returns its parts' answers, or one answer
+    that applies to every part (MMS itself failed: no worker, timeout).
+    """
+
+    def __init__(self, send: Callable[[bytes], Awaitable[list[Answer]]], size: int, delay_seconds: float):
+        self.send, self.size, self.delay = send, size, delay_seconds
+        self.pending: list[_Pending] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def submit(self, headers: dict[str, str], body: bytes) -> Answer:
+        item = _Pending(headers, body)
+        self.pending.append(item)
+        if len(self.pending) >= self.size:
+            self._flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.delay, self._flush)
+        return await item.answer
+
+    def _flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending = self.pending, []
+        if batch:
+            asyncio.get_running_loop().create_task(self._send(batch))
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        try:
+            answers = await self.send(pack([(item.headers, item.body) for item in batch]))
+        except BaseException as exc:  # noqa: BLE001 - every waiting client gets the error
+            for item in batch:
+                if not item.answer.done():
+                    item.answer.set_exception(exc)
+            return
+        if len(answers) == 1:
+            answers = answers * len(batch)
+        for i, item in enumerate(batch):
+            if item.answer.done():
+                continue
+            if len(answers) == len(batch):
+                item.answer.set_result(answers[i])
+            else:
+                item.answer.set_exception(ValueError(f"{len(answers)} answers for {len(batch)} requests"))
