@@ -485,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --with takes mme, transform, clarify; got {sorted(unknown)}", file=sys.stderr)
             return 2
         steps = [s for s in DEFAULT_STEPS if s != "data" or args.data] + optional
+        if not args.yes and not args.dry_run:  # everything up to the trained model; endpoints wait for --yes
+            held = [s for s in steps if s in (*BILLABLE, "query")]
+            steps = [s for s in steps if s not in held]
+            print(f"event=skipped steps={','.join(held)} reason=billable_needs_--yes", file=sys.stderr)
     try:
         cfg = config_module.from_args(args)
         if args.dry_run is False and any(s in BILLABLE for s in steps) and not args.yes:

@@ -42,7 +42,7 @@ class Emulator:
         self.post("/moto-api/recorder/start-recording")
 
     def requests(self) -> list[dict]:
-        """Every request since the last reset: target operation (JSON APIs), path, decoded body."""
+        """Every request since the last reset: target operation (JSON APIs), path, lower-cased headers, decoded body."""
         with urllib.request.urlopen(self.url + "/moto-api/recorder/download-recording", timeout=30) as response:
             lines = response.read().decode().splitlines()
         out = []
@@ -57,7 +57,7 @@ class Emulator:
                     "operation": target.rsplit(".", 1)[-1],
                     "method": entry["method"],
                     "path": entry["url"],
-                    "headers": entry.get("headers", {}),
+                    "headers": {k.lower(): v for k, v in entry.get("headers", {}).items()},
                     "body": body,
                 }
             )

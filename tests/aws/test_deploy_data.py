@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -17,7 +15,7 @@ from PIL import Image
 from deploy.data import prepare, upload
 from image_classifier.errors import UserError
 from image_classifier.modeling.weights_io import sha256_of
-from tests.helpers import REPO_ROOT, VENV_BIN, free_port
+from tests.helpers import REPO_ROOT
 
 pytestmark = pytest.mark.aws
 
@@ -25,26 +23,10 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 _BUCKETS = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    """``moto_server`` on a free port for this module; stopped afterwards."""
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    process = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"moto_server did not start: {Path(log.name).read_text()[-2000:]}") from None
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+@pytest.fixture
+def endpoint(aws):
+    """The session's emulator (tests/aws/conftest.py), reset for this test."""
+    return aws.url
 
 
 def _client(endpoint: str, service: str):

@@ -165,7 +165,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert f"label={top[0]['label']}" in out
     assert all(f"{e['probability']:.3f}  {e['label']}" in out for e in top)
     invoke = [r for r in aws.requests() if r["path"].endswith("/invocations")][-1]
-    assert invoke["headers"]["X-Amzn-SageMaker-Custom-Attributes"] == "top_k=5"
+    assert invoke["headers"]["x-amzn-sagemaker-custom-attributes"] == "top_k=5"
     assert base64.b64decode(json.loads(invoke["body"])["instances"][0]["b64"]) == sample.read_bytes()
 
     # 5. multi-model endpoint: both artifacts copied under the prefix, each invoked by TargetModel
@@ -179,7 +179,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     mme_model = sm.describe_model(ModelName=ctx.state.multi_model_endpoint)
     assert mme_model["PrimaryContainer"]["Mode"] == "MultiModel"
     assert set(ctx.state.results["mme"]) == {"final.tar.gz", "best-trial.tar.gz"}
-    targets = [r["headers"].get("X-Amzn-SageMaker-Target-Model") for r in aws.requests() if r["path"].endswith("/invocations")]
+    targets = [r["headers"].get("x-amzn-sagemaker-target-model") for r in aws.requests() if r["path"].endswith("/invocations")]
     assert targets[-2:] == ["final.tar.gz", "best-trial.tar.gz"]
 
     # 6. batch transform: outputs seeded with the package's real answers, accuracy computed from them
