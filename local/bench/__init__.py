@@ -1,0 +1,1 @@
+"""Benchmarks: ours against the common baseline, A/B interleaved on the same machine (README: Performance)."""
