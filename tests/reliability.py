@@ -37,8 +37,9 @@ def worker_fingerprint(proc) -> list[tuple[str, str, str]]:
 def server_processes(proc) -> dict[str, psutil.Process]:
     """Every process of a running ``serve``: the front, the Java server and each Python worker.
 
-    MMS starts one Python process per worker; it forks a child per connection from Java that
-    loads the model and answers the requests. Keys name each process so RSS can be followed.
+    MMS starts one Python backend server; it forks one child per worker (per connection from
+    Java), which loads the model and answers requests. Keys name each process so its RSS can
+    be followed.
     """
     front = psutil.Process(proc.process.pid)
     found = {"front": front}
@@ -52,7 +53,7 @@ def server_processes(proc) -> dict[str, psutil.Process]:
 
 
 def model_workers(proc) -> list[psutil.Process]:
-    """The Python processes that hold the model: the forked children of MMS's worker processes."""
+    """The Python processes that hold the model: the forked children of MMS's backend server."""
     workers = [p for name, p in server_processes(proc).items() if name.startswith("worker-")]
     pids = {p.pid for p in workers}
     return [p for p in workers if p.ppid() in pids]

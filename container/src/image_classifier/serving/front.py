@@ -18,6 +18,8 @@ import aiohttp
 from aiohttp import web
 
 from image_classifier import params
+from image_classifier.errors import UserError
+from image_classifier.serving.artifact import check_artifact
 from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, unpack
 from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
 from image_classifier.serving.config import ServingConfig
@@ -210,6 +212,10 @@ class Front:
                 return json_error(409, f"model {name!r} is already loaded")
         if not Path(url).is_dir():
             return json_error(404, f"model {name!r}: {url} is not a folder")
+        try:
+            await asyncio.to_thread(check_artifact, Path(url))
+        except UserError as exc:
+            return json_error(400, f"model {name!r} could not be loaded: {exc}")
         entry = link_into_store(self.model_store, name, url)
         async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
             payload = await response.read()

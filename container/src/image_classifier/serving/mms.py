@@ -22,7 +22,9 @@ from image_classifier.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 HANDLER = "image_classifier.serving.handler_service:handle"
-JVM_HEAP = "-Xms256m -Xmx512m"  # fixed heap: Java RSS stays flat under load
+# A fixed heap (-Xms = -Xmx), every page touched at start: Java's RSS is the same after a million
+# requests as after the first, so memory growth under load can be asserted (tests/contract/test_serve_load.py)
+JVM_HEAP = "-Xms512m -Xmx512m -XX:+AlwaysPreTouch"
 
 
 # Everything to stdout (CloudWatch reads it), MMS at INFO; its per-request access and metric

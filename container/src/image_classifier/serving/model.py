@@ -13,14 +13,11 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from pydantic import ValidationError
 
-from image_classifier import params
 from image_classifier.data.presets import DataConfig, eval_transform
 from image_classifier.errors import UserError
-from image_classifier.model_card import ModelCard, read_card
 from image_classifier.modeling.factory import build_architecture
-from image_classifier.modeling.weights_io import sha256_of
+from image_classifier.serving.artifact import check_artifact
 
 log = logging.getLogger(__name__)
 MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``centre_bounded``)
@@ -31,15 +28,7 @@ class LoadedModel:
         started = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
-        self.card = load_card(model_dir)
-        weights = model_dir / self.card.weights_file
-        if weights.suffix != ".safetensors":
-            raise UserError(f"refusing to load {weights.name}: only safetensors weights are served")
-        if not weights.is_file():
-            raise UserError(f"model artifact incomplete: {weights} is missing")
-        digest = sha256_of(weights)
-        if digest != self.card.weights_sha256:
-            raise UserError(f"{weights.name} sha256 {digest[:12]}... does not match the model card's {self.card.weights_sha256[:12]}...")
+        self.card, weights = check_artifact(model_dir)
         from safetensors.torch import load_file
 
         model = build_architecture(self.card.architecture, self.card.num_classes)
@@ -88,13 +77,3 @@ def centre_bounded(image: Image.Image) -> Image.Image:
         top = (height - MAX_ASPECT * width) // 2
         return image.crop((0, top, width, top + MAX_ASPECT * width))
     return image
-
-
-def load_card(model_dir: Path) -> ModelCard:
-    path = model_dir / params.MODEL_CARD_FILE
-    if not path.is_file():
-        raise UserError(f"no model artifact: {path} is missing")
-    try:
-        return read_card(model_dir)
-    except (ValueError, ValidationError) as exc:
-        raise UserError(f"{path.name} is not a valid model card: {str(exc).splitlines()[0][:200]}") from None

@@ -23,24 +23,12 @@ from aiohttp import web
 from image_classifier import params
 from image_classifier.errors import UserError
 from image_classifier.logs import setup_logging
-from image_classifier.modeling.weights_io import sha256_of
+from image_classifier.serving.artifact import check_artifact
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.front import Front
 from image_classifier.serving.mms import ModelServer, error_message, link_into_store, register_query
 
 log = logging.getLogger("image_classifier.serve")
-
-
-def check_artifact(model_dir: Path) -> None:
-    """Fail fast, in this process, on a missing or corrupt artifact (MMS would retry forever)."""
-    from image_classifier.serving.model import load_card
-
-    card = load_card(model_dir)
-    weights = model_dir / card.weights_file
-    if not weights.is_file():
-        raise UserError(f"model artifact incomplete: {weights} is missing")
-    if sha256_of(weights) != card.weights_sha256:
-        raise UserError(f"{weights.name} does not match the sha256 in {params.MODEL_CARD_FILE}: corrupt or replaced artifact")
 
 
 async def wait_for_mms(front: Front, server: ModelServer, timeout: float = 120.0) -> None:
