@@ -56,8 +56,8 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
         "IC_NB_OPTIONAL": "",
     }
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
-    outputs: dict[str, str] = {}
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+    outputs: dict[str, str] = {}  # the kernel starts in the notebook's folder, as Jupyter starts it
     with client.setup_kernel(env=env):
         for index, cell in enumerate(notebook.cells):
             tag = (cell.metadata.get("tags") or [""])[0]

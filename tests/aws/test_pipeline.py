@@ -205,9 +205,14 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     pipeline.run(["clarify"], ctx)
     processing = sm.describe_processing_job(ProcessingJobName=ctx.state.clarify_job)
     assert _tags(sm, processing["ProcessingJobArn"])["run-id"] == run_id
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in aws.sent("CreateProcessingJob")[-1]["ProcessingInputs"]}
+    bucket, _, key = inputs["analysis_config"].removeprefix("s3://").partition("/")
     analysis = json.loads(
-        boto3.client("s3").get_object(Bucket=BUCKET, Key=f"image-classifier/runs/{run_id}/clarify/analysis_config.json")["Body"].read()
+        boto3.client("s3")
+        .get_object(Bucket=bucket, Key=key.rstrip("/") + ("" if key.endswith(".json") else "/analysis_config.json"))["Body"]
+        .read()
     )
+    assert inputs["dataset"] == f"s3://{BUCKET}/image-classifier/runs/{run_id}/clarify-input/"
     assert analysis["predictor"]["probability"] == "predictions[0].probabilities"
     assert analysis["predictor"]["custom_attributes"] == "probabilities=true"
     assert analysis["methods"]["shap"]["image_config"]["model_type"] == "IMAGE_CLASSIFICATION"
