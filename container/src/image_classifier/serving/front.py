@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,17 @@ FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
 
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _text(value, what: str) -> str:
+    """A non-empty string that can go into a URL or a path (no lone surrogates), else a 400."""
+    if not isinstance(value, str) or not value:
+        raise RequestError(400, f"{what} must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(400, f"{what} is not valid text") from None
+    return value
 
 
 class Front:
@@ -83,7 +95,10 @@ class Front:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return json_error(exc.status, exc.reason)
+            response = json_error(exc.status, exc.reason)
+            if "Allow" in exc.headers:  # 405: which methods the route takes (RFC 9110)
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
         except RequestError as exc:
             return json_error(exc.status, exc.message)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -135,7 +150,7 @@ class Front:
         return await self._predict(request, params.SINGLE_MODEL_NAME)
 
     async def invoke_model(self, request: web.Request) -> web.Response:
-        return await self._predict(request, request.match_info["name"])
+        return await self._predict(request, _text(request.match_info["name"], "model name"))
 
     async def _predict(self, request: web.Request, model: str) -> web.Response:
         self._check_request(request)
@@ -161,7 +176,7 @@ class Front:
         """
         assert self.session is not None
         for attempt in range(2):
-            async with self.session.post(self.mms(f"/predictions/{model}"), data=body, headers=headers) as response:
+            async with self.session.post(self.mms(f"/predictions/{quote(model, safe='')}"), data=body, headers=headers) as response:
                 answer = Answer(response.status, response.headers.get("Content-Type", JSON_TYPE), await response.read())
             if answer.status < 500 or attempt:
                 break
@@ -203,11 +218,12 @@ class Front:
         self._require_multi_model()
         try:
             document = await request.json()
-            name, url = str(document["model_name"]), str(document["url"])
+            name, url = document["model_name"], document["url"]
         except (ValueError, KeyError, TypeError):
             raise RequestError(400, 'body must be JSON {"model_name": ..., "url": ...}') from None
+        name, url = _text(name, "model_name"), _text(url, "url")
         assert self.session is not None
-        async with self.session.get(self.mms(f"/models/{name}", management=True)) as response:
+        async with self.session.get(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
             if response.status == 200:
                 return json_error(409, f"model {name!r} is already loaded")
         if not Path(url).is_dir():
@@ -236,9 +252,9 @@ class Front:
 
     async def describe_model(self, request: web.Request) -> web.Response:
         self._require_multi_model()
-        name = request.match_info["name"]
+        name = _text(request.match_info["name"], "model name")
         assert self.session is not None
-        async with self.session.get(self.mms(f"/models/{name}", management=True)) as response:
+        async with self.session.get(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
             if response.status == 404:
                 return json_error(404, f"model {name!r} is not loaded")
             document = await response.json(content_type=None)
@@ -246,9 +262,9 @@ class Front:
 
     async def unload_model(self, request: web.Request) -> web.Response:
         self._require_multi_model()
-        name = request.match_info["name"]
+        name = _text(request.match_info["name"], "model name")
         assert self.session is not None
-        async with self.session.delete(self.mms(f"/models/{name}", management=True)) as response:
+        async with self.session.delete(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
             if response.status == 404:
                 return json_error(404, f"model {name!r} is not loaded")
             if response.status != 200:
