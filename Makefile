@@ -42,7 +42,10 @@ test: system-deps-test $(STAMP) lint
 test-fast: system-deps-test $(STAMP)
 	$(PYTEST) -m "not slow and not container and not aws and not gpu" tests/unit tests/contract tests/container
 
-test-full: test
+# the same suite with the long reliability variants: 5,200 fuzzed bodies, 10,000 requests of load,
+# 300 schemathesis cases per operation (tests/reliability.py)
+test-full: system-deps-test $(STAMP) lint
+	RELIABILITY_FULL=1 $(PYTEST) -m "not gpu" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -195,6 +195,7 @@ def _read_response(sock: socket.socket, timeout: float) -> tuple[int, dict, floa
     return int(head.split()[1]), json.loads(body), time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_an_oversized_body_is_refused_from_its_declared_length(server):
     limit = PAYLOAD_MB * 1024 * 1024
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
@@ -208,6 +209,7 @@ def test_an_oversized_body_is_refused_from_its_declared_length(server):
     assert seconds < 2
 
 
+@pytest.mark.slow
 def test_a_chunked_body_is_cut_off_just_past_the_limit(server):
     limit = PAYLOAD_MB * 1024 * 1024
     chunk = b"\0" * 65536

@@ -8,15 +8,18 @@ corrupt, swapped or pickled artifact fails start-up with a reason, never half-lo
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from image_classifier import params
 from image_classifier.data.presets import DataConfig, eval_transform
 from image_classifier.errors import UserError
 from image_classifier.modeling.factory import build_architecture
+from image_classifier.serving import fast_paths
 from image_classifier.serving.artifact import check_artifact
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,9 @@ MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``
 
 
 class LoadedModel:
-    def __init__(self, model_dir: Path, threads: int | None = None):
+    """``precision`` / ``graph``: auto (measured at load, see ``fast_paths``) unless given or set in the environment."""
+
+    def __init__(self, model_dir: Path, threads: int | None = None, precision: str | None = None, graph: str | None = None):
         started = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
@@ -36,15 +41,27 @@ class LoadedModel:
             model.load_state_dict(load_file(str(weights)))
         except RuntimeError as exc:
             raise UserError(f"weights do not fit {self.card.architecture}: {str(exc)[:300]}") from None
-        self.model = model.eval().to(memory_format=torch.channels_last)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
         self.transform = eval_transform(DataConfig(**self.card.preprocessing.model_dump()))
-        self.predict([Image.new("RGB", (self.card.preprocessing.input_size,) * 2)])  # warm-up
+        size = self.card.preprocessing.input_size
+        self.runner = fast_paths.choose(
+            self.model,
+            self._batch([self.prepare(Image.new("RGB", (size, size)))]),
+            self._batch(list(torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)))),  # bf16's probe
+            precision or os.environ.get(params.PRECISION_ENV, "auto"),
+            graph or os.environ.get(params.GRAPH_ENV, "auto"),
+        )
+        self.predict([Image.new("RGB", (size, size))])  # warm-up of the chosen runner
         log.info(
-            "event=model_loaded architecture=%s classes=%d threads=%d seconds=%.2f",
+            "event=model_loaded architecture=%s classes=%d threads=%d device=%s precision=%s graph=%s seconds=%.2f",
             self.card.architecture,
             len(self.classes),
             torch.get_num_threads(),
+            self.device.type,
+            self.runner.precision,
+            self.runner.graph,
             time.perf_counter() - started,
         )
 
@@ -55,8 +72,10 @@ class LoadedModel:
     @torch.inference_mode()
     def predict_tensors(self, tensors: list[torch.Tensor]) -> list[list[float]]:
         """Class probabilities for each prepared image, the whole list as one batch."""
-        batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-        return self.model(batch).float().softmax(dim=1).tolist()
+        return self.runner(self._batch(tensors)).softmax(dim=1).tolist()
+
+    def _batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(tensors).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
 
     def predict(self, images: list[Image.Image]) -> list[list[float]]:
         return self.predict_tensors([self.prepare(image) for image in images])

@@ -1,0 +1,139 @@
+"""The serving fast paths (frozen graph, bf16) answer like the plain fp32 eager model, and the choice is logged and can be forced."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from image_classifier.errors import UserError
+from image_classifier.model_card import write_artifact
+from image_classifier.modeling.factory import build_architecture, data_config_for
+from image_classifier.serving import fast_paths
+from image_classifier.serving.model import LoadedModel
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return build_architecture("test_resnet", 10).eval().to(memory_format=torch.channels_last)
+
+
+def _batch(n: int, size: int = 32) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(n)).contiguous(memory_format=torch.channels_last)
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_architecture("test_resnet", 3)
+    folder = tmp_path_factory.mktemp("artifact")
+    config = data_config_for("test_resnet", model, 32)
+    write_artifact(
+        folder,
+        model.state_dict(),
+        architecture="test_resnet",
+        num_classes=3,
+        classes=["a", "b", "c"],
+        preprocessing=config.as_dict(),
+        metrics={},
+        hyperparameters={},
+        pretrained=None,
+        job_name="unit",
+    )
+    return folder
+
+
+def test_the_frozen_graph_answers_like_eager_for_every_batch_size():
+    model = _model()
+    frozen = fast_paths.build(model, "fp32", "frozen", _batch(1))
+    assert frozen.graph == "frozen" and isinstance(frozen.module, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        for n in (1, 3, 8):  # traced on one image, served on any batch
+            expected = model(_batch(n)).softmax(dim=1)
+            assert torch.allclose(frozen(_batch(n)).softmax(dim=1), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("graph", ["eager", "frozen"])
+def test_bf16_stays_close_to_fp32_and_answers_in_fp32(graph):
+    model = _model()
+    runner = fast_paths.build(model, "bf16", graph, _batch(1))
+    with torch.inference_mode():
+        expected, got = model(_batch(4)), runner(_batch(4))
+    assert got.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32  # the fp32 model is untouched
+    assert torch.nn.functional.cosine_similarity(expected, got, dim=1).min() > 0.99
+
+
+def test_auto_times_every_mode_and_logs_the_decision(caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(fast_paths, "MIN_GFLOP_FOR_BF16", 0.0)
+    monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4))
+    line = next(r.getMessage() for r in caplog.records if "event=serve_precision" in r.getMessage())
+    for key in ("chosen=", "graph=", "reason=", "fp32_ms=", "bf16_ms=", "fp32_eager_ms=", "fp32_frozen_ms=", "bf16_frozen_ms="):
+        assert key in line, line
+    assert f"chosen={runner.precision} graph={runner.graph}" in line
+    assert set(runner.timings_ms) >= {"fp32_ms", "bf16_ms"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "reason", "chosen"),
+    [
+        ({"SPEED_UP_REQUIRED": 1e9}, "bf16_not_faster", "fp32"),  # bf16 never clearly faster
+        ({"SPEED_UP_REQUIRED": 0.0, "MIN_COSINE": 1.01}, "bf16_accuracy_risk", "fp32"),  # faster, never close enough
+        ({"MIN_GFLOP_FOR_BF16": 1e9}, "small_model", "fp32"),  # not worth trying
+        ({"SPEED_UP_REQUIRED": 0.0, "MIN_COSINE": -1.0}, "bf16_faster", "bf16"),  # any bf16 wins
+    ],
+)
+def test_the_bf16_decision_rules(monkeypatch, caplog, settings, reason, chosen):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(fast_paths, "MIN_GFLOP_FOR_BF16", 0.0)
+    monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
+    for name, value in settings.items():
+        monkeypatch.setattr(fast_paths, name, value)
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4), graph="eager")
+    assert runner.precision == chosen and f"reason={reason}" in caplog.text
+
+
+def test_small_models_stay_fp32_whatever_the_timing(caplog):
+    """Deterministic: every worker and the in-process reference of a small model answer in fp32 alike."""
+    caplog.set_level(logging.INFO)
+    runner = fast_paths.choose(_model(), _batch(1), _batch(2))
+    assert runner.precision == "fp32"
+    assert "reason=small_model" in caplog.text or "reason=no_bf16_support" in caplog.text
+
+
+def test_an_untraceable_model_is_served_eager(caplog):
+    class Untraceable(nn.Module):
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("data-dependent control flow")
+            return x.mean(dim=(2, 3))
+
+    caplog.set_level(logging.WARNING)
+    runner = fast_paths.choose(Untraceable(), _batch(1), _batch(2), precision="fp32", graph="frozen")
+    assert runner.graph == "eager" and "event=serve_graph_failed" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "value"), [("IMAGE_CLASSIFIER_PRECISION", "fp16"), ("IMAGE_CLASSIFIER_GRAPH", "compiled")])
+def test_unknown_settings_are_a_user_error(tiny_artifact, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=name):
+        LoadedModel(tiny_artifact)
+
+
+@pytest.mark.parametrize(("precision", "graph"), [("fp32", "eager"), ("fp32", "frozen"), ("bf16", "eager"), ("bf16", "frozen")])
+def test_the_environment_forces_the_mode_and_predictions_stay_close(tiny_artifact, monkeypatch, caplog, precision, graph):
+    caplog.set_level(logging.INFO)
+    plain = LoadedModel(tiny_artifact, precision="fp32", graph="eager")
+    monkeypatch.setenv("IMAGE_CLASSIFIER_PRECISION", precision)
+    monkeypatch.setenv("IMAGE_CLASSIFIER_GRAPH", graph)
+    fast = LoadedModel(tiny_artifact)
+    assert (fast.runner.precision, fast.runner.graph) == (precision, graph)
+    assert f"chosen={precision} graph={graph} reason=forced" in caplog.text
+    images = [Image.effect_noise((40, 30), 60 + 20 * i).convert("RGB") for i in range(4)]
+    tolerance = 1e-4 if precision == "fp32" else 2e-2
+    for expected, got in zip(plain.predict(images), fast.predict(images), strict=True):
+        assert got == pytest.approx(expected, abs=tolerance)
