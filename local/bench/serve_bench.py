@@ -54,6 +54,7 @@ JPEG_QUALITY = 90
 ARCHITECTURE = "torchvision/resnet50"
 CONCURRENCY = 16
 VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MMS_PROCESS = re.compile(rb"multi-model-server|model_service_worker")
 
 
@@ -290,8 +291,9 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
     def naive() -> dict[str, float]:
         ceiling, gflops = roofline()
         port = free_port()
-        command = [sys.executable, "-m", "local.bench.naive_server", "--weights", str(work / "model" / "model.safetensors"), "--port", str(port)]
-        server = Server(command, {**env, "PYTHONPATH": str(Path.cwd())}, port, work / f"naive-{next(count)}.log")
+        weights = work / "model" / "model.safetensors"
+        command = [sys.executable, "-m", "local.bench.naive_server", "--weights", str(weights), "--port", str(port)]
+        server = Server(command, {**env, "PYTHONPATH": str(REPO_ROOT)}, port, work / f"naive-{next(count)}.log")
         return measure(server, images, args.requests_c1, args.requests_c16, ceiling, gflops)
 
     def ours() -> dict[str, float]:

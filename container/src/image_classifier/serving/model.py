@@ -42,7 +42,7 @@ class LoadedModel:
         except RuntimeError as exc:
             raise UserError(f"weights do not fit {self.card.architecture}: {str(exc)[:300]}") from None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
         self.transform = eval_transform(DataConfig(**self.card.preprocessing.model_dump()))
         size = self.card.preprocessing.input_size
