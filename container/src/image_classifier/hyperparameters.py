@@ -53,11 +53,22 @@ class Hyperparameters(BaseModel):
     augment: Literal["standard", "light", "none"] = "standard"
     num_workers: int | None = Field(None, ge=0, le=64, description="default: one per CPU, at most 8")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail above this share of unreadable images")
+    cache_images: Literal["auto", "none", "memory", "disk"] = Field(
+        "auto",
+        description="keep decoded, resized train/validation images between epochs: memory, disk (a memory-mapped file), none; "
+        "auto = memory if it fits in a quarter of free RAM, else disk if it fits in half the free disk, else none "
+        "(none when the feature cache runs or there is one epoch)",
+    )
     # speed
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
     processes_per_host: int | None = Field(None, ge=1, le=64, description="default: one per GPU, else 1")
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: with freeze=head and augment=none, run the frozen backbone once and train the head on its stored "
+        "features every epoch (same training, far less compute); refused with the reason logged otherwise",
+    )
     # observability
     log_interval: int = Field(50, ge=1)
     checks: bool = True

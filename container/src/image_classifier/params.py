@@ -83,6 +83,9 @@ SINGLE_MODEL_NAME = "model"
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared sizes are refused before decoding
 MAX_IMAGES_PER_REQUEST = 64
 
+# --- training caches -------------------------------------------------------------------------
+CACHE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where cache_images=disk writes (default: the temp dir)
+
 # --- serving fast paths (serving/fast_paths.py) ----------------------------------------------
 PRECISION_ENV = "IMAGE_CLASSIFIER_PRECISION"  # auto | fp32 | bf16: measured at load unless forced
 GRAPH_ENV = "IMAGE_CLASSIFIER_GRAPH"  # auto | eager | frozen (torch.jit trace + freeze)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+STANDARD_MIN_SCALE = 0.5  # smallest crop area of augment=standard's random resized crop
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -38,10 +40,15 @@ def _finish(config: DataConfig) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(config.mean, config.std)]
 
 
+def resize_shorter(config: DataConfig, side: int) -> v2.Resize:
+    """The first step of the eval and light transforms (and what the image cache stores)."""
+    return v2.Resize(side, interpolation=_interp(config.interpolation), antialias=True)
+
+
 def eval_transform(config: DataConfig) -> v2.Compose:
     return v2.Compose(
         [
-            v2.Resize(config.resize_size, interpolation=_interp(config.interpolation), antialias=True),
+            resize_shorter(config, config.resize_size),
             v2.CenterCrop(config.input_size),
             *_finish(config),
         ]
@@ -54,13 +61,13 @@ def train_transform(config: DataConfig, augment: str) -> v2.Compose:
     interp = _interp(config.interpolation)
     if augment == "light":
         head = [
-            v2.Resize(config.resize_size, interpolation=interp, antialias=True),
+            resize_shorter(config, config.resize_size),
             v2.RandomCrop(config.input_size),
             v2.RandomHorizontalFlip(),
         ]
     else:
         head = [
-            v2.RandomResizedCrop(config.input_size, scale=(0.5, 1.0), interpolation=interp, antialias=True),
+            v2.RandomResizedCrop(config.input_size, scale=(STANDARD_MIN_SCALE, 1.0), interpolation=interp, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.ColorJitter(0.2, 0.2, 0.2),
         ]

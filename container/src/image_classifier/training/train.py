@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from image_classifier import params
+from image_classifier.data import image_cache
 from image_classifier.data.datasets import LabelledImages, ResumableSampler, collate, sample_seed
 from image_classifier.data.discovery import ImageFolderIndex, check_same_classes, index_split, resolve_splits
 from image_classifier.data.loading import find_unreadable
@@ -40,10 +41,17 @@ from image_classifier.errors import UserError
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
 from image_classifier.model_card import read_card, save_weights, write_artifact
-from image_classifier.modeling.factory import build_architecture, create_model, data_config_for, load_backbone_weights, replace_head
+from image_classifier.modeling.factory import (
+    build_architecture,
+    classifier_of,
+    create_model,
+    data_config_for,
+    load_backbone_weights,
+    replace_head,
+)
 from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
-from image_classifier.training import reports
+from image_classifier.training import feature_cache, reports
 from image_classifier.training.checkpoints import load_latest, save_checkpoint, write_or_warn
 from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
@@ -76,8 +84,8 @@ ARGUMENT_GROUPS = {
         "seed",
         "deterministic",
     ),
-    "data": ("augment", "num_workers", "max_bad_fraction"),
-    "speed": ("amp", "channels_last", "compile", "processes_per_host"),
+    "data": ("augment", "num_workers", "max_bad_fraction", "cache_images"),
+    "speed": ("amp", "channels_last", "compile", "processes_per_host", "feature_cache"),
     "observability": ("log_interval", "checks", "profile", "profile_start_step", "profile_steps"),
 }
 
@@ -134,11 +142,43 @@ def drop_unreadable(indices: list[ImageFolderIndex], hp: Hyperparameters, world:
     return kept, len(bad_paths)
 
 
-def make_loader(samples, transform, config: DataConfig, hp: Hyperparameters, world: World, *, train: bool, workers: int, pin: bool):
-    dataset = LabelledImages(samples, transform, draft_size=config.resize_size)
-    sampler = ResumableSampler(
-        len(dataset), seed=hp.seed, shuffle=train, rank=world.rank, world_size=world.size, pad=train, with_seeds=train
+def default_workers(num_cpus: int, processes: int, cuda: bool) -> int:
+    """Loader processes per training process, sized to the machine.
+
+    On a GPU the model waits for the input, so every CPU of the process's share decodes (at most 8).
+    On CPU the loader and the model share the same cores: one worker overlaps decoding with compute,
+    and more only take cores from the model (measured in ``local/bench``: see the README).
+    """
+    share = max(1, num_cpus // max(1, processes))
+    return min(8, share) if cuda else max(1, min(8, share // 4))
+
+
+def train_sampler(size: int, hp: Hyperparameters, world: World, *, with_seeds: bool) -> ResumableSampler:
+    return ResumableSampler(size, seed=hp.seed, shuffle=True, rank=world.rank, world_size=world.size, pad=True, with_seeds=with_seeds)
+
+
+def make_loader(
+    samples,
+    transform,
+    config: DataConfig,
+    hp: Hyperparameters,
+    world: World,
+    *,
+    train: bool,
+    workers: int,
+    pin: bool,
+    images: image_cache.DecodedImages | None = None,
+):
+    """``images``: the split's decoded-image cache, if any (same items as decoding each file)."""
+    dataset = (
+        image_cache.CachedImages(images, [label for _, label in samples], transform)
+        if images is not None
+        else LabelledImages(samples, transform, draft_size=config.resize_size)
     )
+    if train:
+        sampler = train_sampler(len(dataset), hp, world, with_seeds=True)
+    else:
+        sampler = ResumableSampler(len(dataset), seed=hp.seed, shuffle=False, rank=world.rank, world_size=world.size, pad=False)
     drop_last = train and len(sampler) > hp.batch_size
     return DataLoader(
         dataset,
@@ -150,6 +190,56 @@ def make_loader(samples, transform, config: DataConfig, hp: Hyperparameters, wor
         drop_last=drop_last,
         persistent_workers=workers > 0,
     )
+
+
+def cache_images(
+    kept: list[list], config: DataConfig, hp: Hyperparameters, *, feature_cache_on: bool, threads: int
+) -> list[image_cache.DecodedImages | None]:
+    """Decode and resize the train and validation images once, where ``cache_images`` says (see image_cache)."""
+    sides = [image_cache.cached_side(config, hp.augment), config.resize_size]
+    procs_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    needed = procs_here * sum(
+        image_cache.estimate_bytes([p for p, _ in samples], side) for samples, side in zip(kept[:2], sides, strict=True)
+    )
+    plan = image_cache.plan(hp.cache_images, needed, feature_cache=feature_cache_on, epochs_left=hp.epochs)
+    log.info(format_line("image_cache", mode=plan.mode, reason=plan.reason, estimated_megabytes=needed / 2**20))
+    if plan.mode == "none":
+        return [None, None]
+    built: list[image_cache.DecodedImages | None] = []
+    for split, samples, side in zip(("train", "validation"), kept[:2], sides, strict=True):
+        images, seconds = image_cache.timed_build([p for p, _ in samples], config, side, plan.mode, threads)
+        image_cache.log_built(split, images, plan.mode, seconds)
+        built.append(images)
+    return built
+
+
+def extraction_loader(samples, config: DataConfig, hp: Hyperparameters, world: World, *, workers: int, pin: bool):
+    """This rank's shard of a split, in order, each sample with its index (for the feature cache)."""
+    dataset = feature_cache.indexed(LabelledImages(samples, eval_transform(config), draft_size=config.resize_size))
+    sampler = ResumableSampler(len(samples), seed=hp.seed, shuffle=False, rank=world.rank, world_size=world.size, pad=False)
+    loader = DataLoader(
+        dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers, collate_fn=feature_cache.collate_indexed, pin_memory=pin
+    )
+    return loader, list(sampler)
+
+
+def feature_loaders(core: nn.Module, kept: list[list], config: DataConfig, hp: Hyperparameters, world: World, **run) -> tuple:
+    """Run the frozen backbone once over train and validation; batches of their features, same order as the image loaders."""
+    classifier = classifier_of(core)
+    shards = []
+    for split, samples in (("train", kept[0]), ("validation", kept[1])):
+        loader, positions = extraction_loader(samples, config, hp, world, workers=run["workers"], pin=run["pin"])
+        labels = [label for _, label in samples]
+        started = time.perf_counter()
+        shard = feature_cache.extract(core, classifier, loader, labels, positions, run["device"], run["precision"], run["should_stop"])
+        seconds = time.perf_counter() - started
+        feature_cache.log_extracted(split, shard, seconds)
+        shards.append(shard)
+    train_features = feature_cache.gather_split(shards[0], len(kept[0]), world)
+    sampler = train_sampler(len(kept[0]), hp, world, with_seeds=False)
+    train = feature_cache.FeatureBatches(train_features, sampler, hp.batch_size, drop_last=len(sampler) > hp.batch_size)
+    valid = feature_cache.FeatureBatches(shards[1], SequentialSampler(range(len(shards[1]))), hp.batch_size, drop_last=False)
+    return train, valid
 
 
 # --- model -----------------------------------------------------------------------------------
@@ -257,7 +347,8 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
 
 
 def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: torch.device, started: float) -> dict[str, float]:
-    workers = hp.num_workers if hp.num_workers is not None else min(8, max(1, env.num_cpus // max(1, world.size)))
+    procs_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    workers = hp.num_workers if hp.num_workers is not None else default_workers(env.num_cpus, procs_here, device.type == "cuda")
     train_index, valid_index, test_index = index_data(env)
     classes = list(train_index.classes)
     indices = [i for i in (train_index, valid_index, test_index) if i is not None]
@@ -316,6 +407,10 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     core = model
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     hook = create_hook(env.debug_hook_config, core, loss_fn)
+    decision = feature_cache.decide(
+        hp, core, classifier_of(core), input_size=data_config.input_size, device=device, debugger=hook is not None
+    )
+    decision.log(hp)
     if hp.compile:
         # Inductor builds C++ kernels on CPU and Triton launchers (with a C compiler) on GPU;
         # the image ships without compilers, so say so instead of failing deep inside torch.
@@ -323,23 +418,36 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         if not shutil.which(compiler):
             raise UserError(f"hyperparameter compile=true needs a compiler ({compiler}) and none is installed; use compile=false")
         model = torch.compile(model)  # type: ignore[assignment]
-    if world.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    if world.distributed and not decision.enabled:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    # what the epochs run: the full model, or the classifier alone on cached features
+    train_model, train_precision = model, precision
+    if decision.enabled:
+        head = feature_cache.FeatureHead(classifier_of(core), feature_cache.head_dropout(core, classifier_of(core)))
+        train_model = nn.parallel.DistributedDataParallel(head, device_ids=device_ids) if world.distributed else head
+        train_precision = Precision(precision.dtype, precision.scaler, channels_last=False)
 
     def set_train_mode() -> None:
-        model.train()
+        train_model.train()
         freeze_frozen_norms(core)
         if hook:
             hook.train()
 
     pin = device.type == "cuda"
+    cached = cache_images(kept, data_config, hp, feature_cache_on=decision.enabled, threads=max(2, env.num_cpus // procs_here))
     train_loader = make_loader(
-        kept[0], train_transform(data_config, hp.augment), data_config, hp, world, train=True, workers=workers, pin=pin
+        kept[0], train_transform(data_config, hp.augment), data_config, hp, world, train=True, workers=workers, pin=pin, images=cached[0]
     )
-    valid_loader = make_loader(kept[1], eval_transform(data_config), data_config, hp, world, train=False, workers=workers, pin=pin)
+    valid_loader = make_loader(
+        kept[1], eval_transform(data_config), data_config, hp, world, train=False, workers=workers, pin=pin, images=cached[1]
+    )
     steps_per_epoch = max(1, len(train_loader))
     optimizer = make_optimizer(core, hp)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(hp, steps_per_epoch))
+
+    stop = StopFlag()
+    stop.install()
 
     # resume
     history: list[dict] = []
@@ -365,6 +473,19 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             if stored is not None and stored[1].get("epoch") == str(best["epoch"]):  # not one a failed write left stale
                 best_state = stored[0]
             log.info(format_line("resumed", checkpoint=path.name, epoch=start_epoch, step=start_step))
+    if decision.enabled:  # after resuming: the features of the backbone the checkpoint holds
+        train_loader, valid_loader = feature_loaders(
+            core,
+            kept,
+            data_config,
+            hp,
+            world,
+            workers=workers,
+            pin=pin,
+            device=device,
+            precision=precision,
+            should_stop=lambda: stop.requested,
+        )
 
     def checkpoint_state(epoch: int, step: int) -> dict:
         return {
@@ -384,8 +505,6 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         }
 
     checks = TrainingChecks() if hp.checks else None
-    stop = StopFlag()
-    stop.install()
     writer = None
     if world.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -420,13 +539,13 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                         log.info(format_line("checkpoint", path=saved.name, reason="signal", epoch=epoch, step=step))
 
             result = train_one_epoch(
-                model=model,
+                model=train_model,
                 loader=train_loader,
                 optimizer=optimizer,
                 scheduler=scheduler,
                 loss_fn=loss_fn,
                 device=device,
-                precision=precision,
+                precision=train_precision,
                 epoch=epoch,
                 start_step=step0,
                 clip_grad_norm=hp.clip_grad_norm,
@@ -440,7 +559,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             )
             if hook:
                 hook.eval()
-            valid = evaluate(model, valid_loader, device, precision, world)
+            valid = evaluate(train_model, valid_loader, device, train_precision, world)
             bad_images += result.bad_images
             entry = {
                 "epoch": epoch + 1,
@@ -501,7 +620,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         final.update(test_loss=evaluation.loss, test_acc=evaluation.accuracy, test_top5_acc=evaluation.top5)
         eval_split = "test"
     else:
-        evaluation = evaluate(model, valid_loader, device, precision, world, keep_predictions=True)
+        evaluation = evaluate(train_model, valid_loader, device, train_precision, world, keep_predictions=True)
     final["train_seconds"] = time.perf_counter() - started
 
     if world.is_main:
