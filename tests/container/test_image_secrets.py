@@ -3,7 +3,9 @@
 The scan runs on an image derived from the real one that plants an AWS key pair (in
 ``~/.aws/credentials`` and in an ``ENV``) and a token file; it must report exactly those plants,
 so it provably catches a key and the real image, which is everything else, holds none. The
-planted values are made up at run time (no example key is written in the repository).
+planted values are made up at run time (no example key is written in the repository). AWS's
+documentation marks its made-up keys with ``EXAMPLE``; the copies of those that botocore ships
+are reported, not failed.
 
 The filesystem is read by GNU grep inside a container of the image (``--network none``), over
 every file, binaries included; the configuration (environment, labels, the command of every
@@ -83,8 +85,11 @@ def scan_configuration(engine, tag: str) -> list[str]:
 def test_no_credentials_in_the_image_and_the_scan_catches_planted_ones(engine, image, planted):
     tag, key_id, secret = planted
     started = time.monotonic()
-    matches, files = scan_filesystem(engine, tag)
+    everything, files = scan_filesystem(engine, tag)
     BUILD_FACTS["secret_scan_seconds"] = round(time.monotonic() - started, 1)
+    # AWS's documentation marks every made-up key it prints with EXAMPLE (botocore ships some)
+    matches = {line for line in everything if "EXAMPLE" not in line.split(":", 1)[1]}
+    BUILD_FACTS["secret_scan_documented_examples_ignored"] = len(everything - matches)
     found = {line.split(":", 1)[0] for line in matches}
     assert {f"/root/.aws/credentials:{key_id}"} <= matches, matches
     assert any(secret in line for line in matches), matches

@@ -38,7 +38,9 @@ def _start(base):
 
 @pytest.mark.slow
 def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path, digits_data, digits_job):
-    hps = {**DIGITS_HPS, "log_interval": "1"}
+    # the precision the reference run measured and chose (amp=auto times both on this machine)
+    chosen = re.search(r"event=amp_decision .* chosen=(\w+)", digits_job[1].stdout)
+    hps = {**DIGITS_HPS, "log_interval": "1", "amp": "bf16" if chosen and chosen.group(1) == "bf16" else "off"}
     write_job(tmp_path, digits_data, hps)
     process = _start(tmp_path)
     _wait_for(process, r"event=step epoch=2 step=3\b")

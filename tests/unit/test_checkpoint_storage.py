@@ -71,3 +71,19 @@ def test_the_trainer_logs_a_failed_write_and_goes_on(tiny_fs, caplog):
     assert "event=checkpoint_failed what=checkpoint reason=ENOSPC" in caplog.text
     assert "event=checkpoint_failed what=best reason=ENOSPC" in caplog.text
     assert list(tiny_fs.iterdir()) == []
+
+
+def test_the_amp_measurement_is_remembered_across_restarts(tmp_path):
+    """A restarted job trains in the precision it started with, whatever the timings say now."""
+    from image_classifier.training.precision import remembered
+
+    calls = []
+
+    def probe(answer):
+        return lambda: calls.append(answer) or answer
+
+    path = tmp_path / "checkpoints" / "amp-measurement.json"
+    assert remembered(probe((1.0, 0.5)), path, "resnet18@32")() == (1.0, 0.5)
+    assert remembered(probe((0.5, 1.0)), path, "resnet18@32")() == (1.0, 0.5)  # read back, not measured
+    assert remembered(probe((0.5, 1.0)), path, "resnet50@224")() == (0.5, 1.0)  # another model measures
+    assert calls == [(1.0, 0.5), (0.5, 1.0)]

@@ -5,18 +5,25 @@ network: on these 2-core machines a bf16 matmul runs about twice as fast as fp32
 training step of EfficientNet-Lite0 is slower (106 vs 141 images/s), because depthwise
 convolutions and the casts dominate. So ``amp=auto`` on CPU times a few real training steps of
 a copy of the model in both modes and keeps bf16 only where it is really faster.
+
+The measurement is remembered in the checkpoint folder (``remembered``): a job restarted after
+an interruption trains on in the precision it started with, whatever the machine's load says now.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from image_classifier.atomic import atomic_target
 from image_classifier.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,31 @@ def measure_cpu_bf16(model: nn.Module, input_size: int, num_classes: int, channe
         batch = batch.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, num_classes, (batch_size,))
     return _step_seconds(probe, None, batch, labels), _step_seconds(probe, torch.bfloat16, batch, labels)
+
+
+AMP_MEASUREMENT_FILE = "amp-measurement.json"
+
+
+def remembered(probe: Callable[[], tuple[float, float]], path: Path, key: str) -> Callable[[], tuple[float, float]]:
+    """``probe`` measured once per job: the first run writes its timings to ``path``, a restarted
+    run (same ``key``: model and input size) reads them back instead of measuring again."""
+
+    def run() -> tuple[float, float]:
+        try:
+            stored = json.loads(path.read_text())
+            if stored["key"] == key:
+                return float(stored["fp32"]), float(stored["bf16"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        fp32, bf16 = probe()
+        try:
+            with atomic_target(path) as tmp:
+                tmp.write_text(json.dumps({"key": key, "fp32": fp32, "bf16": bf16}))
+        except OSError:
+            pass  # not remembered: a restart measures again
+        return fp32, bf16
+
+    return run
 
 
 def choose_amp(amp: str, device: torch.device, probe=None) -> tuple[torch.dtype | None, bool]:

@@ -57,7 +57,7 @@ from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, gather_lists, init_world, shutdown
 from image_classifier.training.engine import Precision, StopFlag, evaluate, train_one_epoch
-from image_classifier.training.precision import choose_amp, measure_cpu_bf16
+from image_classifier.training.precision import AMP_MEASUREMENT_FILE, choose_amp, measure_cpu_bf16, remembered
 from image_classifier.training.profiling import SystemSampler, trace_window
 
 log = logging.getLogger(__name__)
@@ -397,9 +397,12 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
         )
     )
 
-    dtype, needs_scaler = choose_amp(
-        hp.amp, device, probe=lambda: measure_cpu_bf16(model, data_config.input_size, len(classes), hp.channels_last, min(hp.batch_size, 8))
+    probe = remembered(
+        lambda: measure_cpu_bf16(model, data_config.input_size, len(classes), hp.channels_last, min(hp.batch_size, 8)),
+        env.checkpoint_dir / AMP_MEASUREMENT_FILE,
+        f"{hp.model}@{data_config.input_size}",
     )
+    dtype, needs_scaler = choose_amp(hp.amp, device, probe=probe)
     precision = Precision(dtype, torch.amp.GradScaler("cuda") if needs_scaler else None, hp.channels_last)
     model.to(device)
     if hp.channels_last:
