@@ -8,7 +8,7 @@ LOCKS := docker/requirements.lock deploy/requirements.lock tests/requirements.lo
 WEIGHTS := local/weights/tf_efficientnet_lite0.safetensors
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: system-deps system-deps-test venv demo local-data test test-fast test-full lint format locks clean
+.PHONY: system-deps system-deps-test venv demo local-data test test-fast test-full lint format locks clean bench bench-train bench-serve
 
 venv: $(STAMP)
 
@@ -55,6 +55,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# benchmarks: ours against the fixed baselines, A/B interleaved -> local/bench/results/*.{json,md}
+bench: bench-train bench-serve
+
+bench-train: system-deps $(STAMP)
+	$(PY) -m local.bench.train_bench
+
+bench-serve: system-deps $(STAMP)
+	$(PY) -m local.bench.serve_bench
 
 locks: $(STAMP)
 	$(PY) -m local.lock
