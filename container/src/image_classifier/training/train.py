@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ from image_classifier.modeling.factory import (
 from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
 from image_classifier.training import feature_cache, reports
+from image_classifier.training.background_writes import BackgroundWriter, snapshot
 from image_classifier.training.checkpoints import load_latest, save_checkpoint, write_or_warn
 from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
@@ -516,8 +518,13 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     output_dir = env.output_data_dir
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    def write_epoch_checkpoint(state: dict) -> None:
+        if saved := write_or_warn("checkpoint", save_checkpoint, state, env.checkpoint_dir, state["epoch"], 0):
+            log.info(format_line("checkpoint", path=saved.name, reason="epoch", epoch=state["epoch"], step=0))
+
     stopped_early = False
     with (
+        BackgroundWriter() as writer_thread,
         SystemSampler() as sampler,
         trace_window(
             hp.profile and world.is_main,
@@ -536,6 +543,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             torch.manual_seed(sample_seed(hp.seed + world.rank, epoch, step0))
 
             def on_interrupt(step: int, epoch: int = epoch) -> None:
+                writer_thread.flush()
                 if world.is_main:
                     state = checkpoint_state(epoch, step)
                     if saved := write_or_warn("checkpoint", save_checkpoint, state, env.checkpoint_dir, epoch, step):
@@ -593,13 +601,16 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                 stale_epochs = 0
                 if world.is_main:
                     meta = {k: str(v) for k, v in best.items()}
-                    write_or_warn(BEST_WEIGHTS_FILE, save_weights, best_state, env.checkpoint_dir / BEST_WEIGHTS_FILE, meta)
+                    path = env.checkpoint_dir / BEST_WEIGHTS_FILE
+                    writer_thread.submit(
+                        "best", f"epoch_{epoch + 1}", partial(write_or_warn, BEST_WEIGHTS_FILE, save_weights, best_state, path, meta)
+                    )
             else:
                 stale_epochs += 1
             if world.is_main:
-                state = checkpoint_state(epoch + 1, 0)
-                if saved := write_or_warn("checkpoint", save_checkpoint, state, env.checkpoint_dir, epoch + 1, 0):
-                    log.info(format_line("checkpoint", path=saved.name, reason="epoch", epoch=epoch + 1, step=0))
+                writer_thread.submit(
+                    "checkpoint", f"epoch_{epoch + 1}", partial(write_epoch_checkpoint, snapshot(checkpoint_state(epoch + 1, 0)))
+                )
             barrier(world)
             if bad_images / max(sum(len(k) for k in kept), 1) > hp.max_bad_fraction:
                 raise UserError(f"{bad_images} images became unreadable during training (> max_bad_fraction={hp.max_bad_fraction})")
