@@ -12,7 +12,9 @@ What is measured, per run, for each server started fresh on 127.0.0.1 (one at a 
 - the roofline: this machine's fp32 matmul rate (a 2048^3 sgemm, torch with one thread per core,
   median of 10) in GFLOP/s divided by ResNet-50's cost per image (counted by
   ``torch.utils.flop_counter`` at 224 px: 8.2 GFLOP = 4.1 GMAC, the figure in torchvision's model
-  table) gives the images/s an ideal fp32 server could reach; each run reports its fraction of it.
+  table) gives the images/s an ideal fp32 server could reach; each run measures it right before
+  its server starts and reports its fraction of it, and the same against the bf16 matmul rate
+  (the ceiling of a server that runs in bf16, as ours may).
 
 Fixed inputs: the eight real photos bundled with scikit-image (astronaut, chelsea, coffee,
 rocket, hubble_deep_field, immunohistochemistry, retina, stereo_motorcycle), centre-cropped to
@@ -123,13 +125,13 @@ def resnet50_gflop_per_image() -> float:
     return counter.get_total_flops() / 1e9
 
 
-def matmul_gflops(device: str, size: int = 2048, repeats: int = 10) -> float:
-    """fp32 matmul rate (GFLOP/s) with every core: the roofline's ceiling."""
+def matmul_gflops(device: str, dtype: str = "float32", size: int = 2048, repeats: int = 10) -> float:
+    """Matmul rate (GFLOP/s) with every core: the roofline's ceiling (fp32; bf16 for a bf16 server)."""
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+    a = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
+    b = torch.randn(size, size, device=device, dtype=getattr(torch, dtype))
     timings = []
     for i in range(repeats + 2):
         if device == "cuda":
@@ -257,7 +259,9 @@ class Server:
                 self.process.wait()
 
 
-def measure(server: Server, images: list[bytes], requests_c1: int, requests_c16: int, roofline: float, gflops: float) -> dict[str, float]:
+def measure(
+    server: Server, images: list[bytes], requests_c1: int, requests_c16: int, rates: dict[str, float], gflop: float
+) -> dict[str, float]:
     try:
         ready, cold = server.cold_start(images[0])
         timed_posts(server.port, images, 2 * CONCURRENCY, CONCURRENCY)  # untimed: both servers meet batch shapes once
@@ -273,8 +277,10 @@ def measure(server: Server, images: list[bytes], requests_c1: int, requests_c16:
         "errors": float(errors_c1 + errors_c16),
         "cold_start_s": cold,
         "ping_200_s": ready,
-        "matmul_gflops": gflops,
-        "roofline_fraction": throughput / roofline,
+        "fp32_matmul_gflops": rates["float32"],
+        "fp32_roofline_fraction": throughput / (rates["float32"] / gflop),
+        "bf16_matmul_gflops": rates["bfloat16"],
+        "bf16_roofline_fraction": throughput / (rates["bfloat16"] / gflop),
     }
 
 
@@ -284,20 +290,19 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
         env["CUDA_VISIBLE_DEVICES"] = ""
     count = iter(range(10**6))
 
-    def roofline() -> tuple[float, float]:
-        gflops = matmul_gflops(args.device)
-        return gflops / gflop_per_image, gflops
+    def roofline() -> dict[str, float]:
+        return {dtype: matmul_gflops(args.device, dtype) for dtype in ("float32", "bfloat16")}
 
     def naive() -> dict[str, float]:
-        ceiling, gflops = roofline()
+        rates = roofline()
         port = free_port()
         weights = work / "model" / "model.safetensors"
         command = [sys.executable, "-m", "local.bench.naive_server", "--weights", str(weights), "--port", str(port)]
         server = Server(command, {**env, "PYTHONPATH": str(REPO_ROOT)}, port, work / f"naive-{next(count)}.log")
-        return measure(server, images, args.requests_c1, args.requests_c16, ceiling, gflops)
+        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image)
 
     def ours() -> dict[str, float]:
-        ceiling, gflops = roofline()
+        rates = roofline()
         wait_for_machine(args.wait_seconds)
         port, mms_port = free_port(), free_port()
         while abs(port - mms_port) < 2:
@@ -311,7 +316,7 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
             **dict(item.split("=", 1) for item in args.serve_env),
         }
         server = Server([str(VENV_BIN / "serve")], serve_env, port, work / f"serve-{next(count)}.log")
-        return measure(server, images, args.requests_c1, args.requests_c16, ceiling, gflops)
+        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image)
 
     return {"naive": naive, "ours": ours}
 
@@ -364,9 +369,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{min(map(len, images)) // 1000}-{max(map(len, images)) // 1000} kB",
         "model": f"{ARCHITECTURE}, 1000 classes, random init with BN statistics of the photos, 224 px",
         "requests": f"{args.requests_c1} sequential (concurrency 1), {args.requests_c16} from {CONCURRENCY} clients, on 127.0.0.1",
-        "roofline": f"fp32 matmul {middle['ours']['matmul_gflops']:.0f} GFLOP/s / {gflop_per_image:.2f} GFLOP per ResNet-50 image "
-        f"(torch.utils.flop_counter at 224 px) = {middle['ours']['matmul_gflops'] / gflop_per_image:.1f} images/s; "
-        f"ours reaches {middle['ours']['roofline_fraction']:.0%} of it end to end",
+        "roofline": f"fp32 matmul {middle['ours']['fp32_matmul_gflops']:.0f} GFLOP/s / {gflop_per_image:.2f} GFLOP per ResNet-50 image "
+        f"(torch.utils.flop_counter at 224 px) = {middle['ours']['fp32_matmul_gflops'] / gflop_per_image:.1f} images/s; "
+        f"ours reaches {middle['ours']['fp32_roofline_fraction']:.0%} of it end to end, the naive server "
+        f"{middle['naive']['fp32_roofline_fraction']:.0%}; against the bf16 matmul rate ({middle['ours']['bf16_matmul_gflops']:.0f} GFLOP/s "
+        f"= {middle['ours']['bf16_matmul_gflops'] / gflop_per_image:.1f} images/s) ours reaches {middle['ours']['bf16_roofline_fraction']:.0%}",
         "serve settings": " ".join(args.serve_env) or "defaults",
         "serve chose": json.dumps(facts),
         "device": args.device,

@@ -72,8 +72,10 @@ def test_auto_times_every_mode_and_logs_the_decision(caplog, monkeypatch):
     monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
     runner = fast_paths.choose(_model(), _batch(1), _batch(4))
     line = next(r.getMessage() for r in caplog.records if "event=serve_precision" in r.getMessage())
-    for key in ("chosen=", "graph=", "reason=", "fp32_ms=", "bf16_ms=", "fp32_eager_ms=", "fp32_frozen_ms=", "bf16_frozen_ms="):
+    for key in ("chosen=", "graph=", "reason=", "fp32_ms=", "bf16_ms=", "fp32_eager_ms=", "fp32_frozen_ms="):
         assert key in line, line
+    winner = "eager" if runner.timings_ms["fp32_eager_ms"] <= runner.timings_ms["fp32_frozen_ms"] else "frozen"
+    assert f"bf16_{winner}_ms=" in line, line  # bf16 is timed in the graph that won in fp32
     assert f"chosen={runner.precision} graph={runner.graph}" in line
     assert set(runner.timings_ms) >= {"fp32_ms", "bf16_ms"}
 
@@ -137,3 +139,24 @@ def test_the_environment_forces_the_mode_and_predictions_stay_close(tiny_artifac
     tolerance = 1e-4 if precision == "fp32" else 2e-2
     for expected, got in zip(plain.predict(images), fast.predict(images), strict=True):
         assert got == pytest.approx(expected, abs=tolerance)
+
+
+def test_large_jpegs_decode_at_reduced_scale_exactly_as_the_trainer_reads_them(tmp_path):
+    import io
+
+    import numpy as np
+
+    from image_classifier.data.loading import load_rgb
+    from image_classifier.serving.codec import decode_image
+
+    photo = Image.radial_gradient("L").resize((2000, 1500)).convert("RGB")
+    path = tmp_path / "big.jpg"
+    photo.save(path, quality=90)
+    data = path.read_bytes()
+    served = decode_image(data, draft_size=256)
+    assert served.size == (500, 375)  # 1/4 scale: the largest that keeps both sides >= 256
+    assert np.array_equal(np.asarray(served), np.asarray(load_rgb(path, (256, 256))))
+    assert decode_image(data).size == (2000, 1500)
+    small = io.BytesIO()
+    photo.resize((300, 200)).save(small, format="JPEG")
+    assert decode_image(small.getvalue(), draft_size=256).size == (300, 200)  # never below the resize size

@@ -83,6 +83,8 @@ class Batcher:
         self.send, self.size, self.delay = send, size, delay_seconds
         self.pending: list[_Pending] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.in_flight = 0  # envelopes sent and not yet answered
+        self.last_batch = 1  # requests in the last envelope
 
     async def submit(self, headers: dict[str, str], body: bytes) -> Answer:
         item = _Pending(headers, body)
@@ -90,7 +92,10 @@ class Batcher:
         if len(self.pending) >= self.size:
             self._flush()
         elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.delay, self._flush)
+            # low load (nothing in flight, the last envelope alone): go at once, no delay added to a lone
+            # request; under load, wait up to the delay for the clients that were just answered
+            quiet = self.in_flight == 0 and self.last_batch == 1
+            self.timer = asyncio.get_running_loop().call_later(0 if quiet else self.delay, self._flush)
         return await item.answer
 
     def _flush(self) -> None:
@@ -99,9 +104,17 @@ class Batcher:
             self.timer = None
         batch, self.pending = self.pending, []
         if batch:
+            self.last_batch = len(batch)
             asyncio.get_running_loop().create_task(self._send(batch))
 
     async def _send(self, batch: list[_Pending]) -> None:
+        self.in_flight += 1
+        try:
+            await self._answer(batch)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, batch: list[_Pending]) -> None:
         try:
             answers = await self.send(pack([(item.headers, item.body) for item in batch]))
         except BaseException as exc:  # noqa: BLE001 - every waiting client gets the error

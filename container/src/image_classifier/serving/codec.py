@@ -95,7 +95,10 @@ def response_options(accept_header: str | None, attributes_header: str | None, n
     return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities)
 
 
-def decode_image(data: bytes, what: str = "image") -> Image.Image:
+def decode_image(data: bytes, what: str = "image", draft_size: int | None = None) -> Image.Image:
+    """``draft_size``: a JPEG may decode at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
+    this large (libjpeg's DCT scaling; a 12 MP photo decodes in 13 ms instead of 124 ms), as the
+    trainer decodes (``data.loading.load_rgb``)."""
     if not data:
         raise RequestError(400, f"{what} is empty")
     try:
@@ -105,6 +108,8 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
             width, height = image.size
             if width < 1 or height < 1 or width * height > params.MAX_IMAGE_PIXELS:
                 raise RequestError(400, f"{what} declares {width}x{height} pixels; at most {params.MAX_IMAGE_PIXELS} are accepted")
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
             image.load()
             return to_rgb(image)
     except RequestError:
@@ -115,7 +120,9 @@ def decode_image(data: bytes, what: str = "image") -> Image.Image:
         raise RequestError(400, f"{what} could not be decoded as an image ({type(exc).__name__})") from None
 
 
-def decode_request(body: bytes, content_type: str | None, prepare: Callable[[Image.Image], Any] = lambda image: image) -> list:
+def decode_request(
+    body: bytes, content_type: str | None, prepare: Callable[[Image.Image], Any] = lambda image: image, draft_size: int | None = None
+) -> list:
     """One image for raw image bodies; one or many for JSON ``{"instances": [{"b64": ...}]}``.
 
     ``prepare`` turns each image into what the model takes as soon as it is decoded, so a
@@ -123,7 +130,7 @@ def decode_request(body: bytes, content_type: str | None, prepare: Callable[[Ima
     """
     kind = media_type(content_type)
     if kind in IMAGE_TYPES:
-        return [prepare(decode_image(body))]
+        return [prepare(decode_image(body, draft_size=draft_size))]
     if kind != JSON_TYPE:
         raise RequestError(
             415, f"unsupported content type {content_type!r}; use image/jpeg, image/png, application/x-image or application/json"
@@ -148,7 +155,7 @@ def decode_request(body: bytes, content_type: str | None, prepare: Callable[[Ima
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
-        images.append(prepare(decode_image(raw, f"instances[{i}]")))
+        images.append(prepare(decode_image(raw, f"instances[{i}]", draft_size)))
     return images
 
 

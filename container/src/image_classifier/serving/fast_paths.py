@@ -39,7 +39,7 @@ GRAPHS = ("eager", "frozen")
 SPEED_UP_REQUIRED = 1.15  # bf16 only when clearly faster: the decision must not flip on timing noise
 MIN_GFLOP_FOR_BF16 = 1.0  # ResNet-50 at 224 px: 8.2; EfficientNet-Lite0: 0.8; ResNet-18 at 32 px: 0.07
 MIN_COSINE = 0.99  # bf16 vs fp32 logits on the probe: 0.9998 for ResNet-50, 0.9999 for ResNet-18
-TIMED_RUNS = 3
+TIMED_RUNS = 2
 
 
 @dataclass
@@ -126,8 +126,12 @@ def choose(model: nn.Module, example: torch.Tensor, probe: torch.Tensor, precisi
         precisions, reason = ["fp32"], "small_model"
     graphs = [g for g in GRAPHS if graph in (g, "auto")]
     runners: dict[tuple[str, str], Runner] = {}
+    timings: dict[tuple[str, str], float] = {}
     for p in precisions:
-        for g in graphs:
+        tried = graphs
+        if p != precisions[0] and timings:  # bf16 in the graph that won in fp32: timing every pair would cost load time
+            tried = [min(timings, key=timings.__getitem__)[1]]
+        for g in tried:
             try:
                 runners[p, g] = build(model, p, g, example)
             except Exception as exc:  # a model that cannot be traced is served eager
@@ -138,7 +142,8 @@ def choose(model: nn.Module, example: torch.Tensor, probe: torch.Tensor, precisi
                 )
                 if graph == "frozen":
                     runners[p, "eager"] = build(model, p, "eager", example)
-    timings = {key: time_ms(runner, example) for key, runner in runners.items()} if len(runners) > 1 else {}
+        if len(graphs) * len(precisions) > 1:
+            timings |= {key: time_ms(runner, example) for key, runner in runners.items() if key not in timings}
     best: dict[str, tuple[str, str]] = {}
     for key in sorted(runners, key=lambda k: timings.get(k, 0.0)):
         best.setdefault(key[0], key)  # the fastest graph of each precision

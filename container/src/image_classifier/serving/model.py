@@ -44,12 +44,14 @@ class LoadedModel:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
-        self.transform = eval_transform(DataConfig(**self.card.preprocessing.model_dump()))
+        data_config = DataConfig(**self.card.preprocessing.model_dump())
+        self.transform = eval_transform(data_config)
+        self.draft_size = data_config.resize_size  # JPEGs decode at reduced scale down to this, as in training
         size = self.card.preprocessing.input_size
         self.runner = fast_paths.choose(
             self.model,
             self._batch([self.prepare(Image.new("RGB", (size, size)))]),
-            self._batch(list(torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0)))),  # bf16's probe
+            self._batch(list(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)))),  # bf16's probe
             precision or os.environ.get(params.PRECISION_ENV, "auto"),
             graph or os.environ.get(params.GRAPH_ENV, "auto"),
         )

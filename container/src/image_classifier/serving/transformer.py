@@ -93,7 +93,7 @@ class BatchTransformer:
                 options = response_options(
                     headers.get("accept"), headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()), len(self.model.classes)
                 )
-                decoded = decode_request(body, headers.get("content-type"), self.model.prepare)
+                decoded = decode_request(body, headers.get("content-type"), self.model.prepare, self.model.draft_size)
             except RequestError as exc:
                 replies[idx] = _error(exc.status, exc.message)
                 continue
