@@ -160,3 +160,17 @@ def test_large_jpegs_decode_at_reduced_scale_exactly_as_the_trainer_reads_them(t
     small = io.BytesIO()
     photo.resize((300, 200)).save(small, format="JPEG")
     assert decode_image(small.getvalue(), draft_size=256).size == (300, 200)  # never below the resize size
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_model_serves_from_the_gpu_and_answers_like_the_cpu(tiny_artifact, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    gpu = LoadedModel(tiny_artifact)
+    assert gpu.device.type == "cuda" and "device=cuda" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = LoadedModel(tiny_artifact, precision="fp32", graph="eager")
+    images = [Image.effect_noise((40, 30), 60 + 20 * i).convert("RGB") for i in range(4)]
+    tolerance = 1e-3 if gpu.runner.precision == "fp32" else 2e-2  # TF32 convolutions on Ampere and later
+    for expected, got in zip(cpu.predict(images), gpu.predict(images), strict=True):
+        assert got == pytest.approx(expected, abs=tolerance)
