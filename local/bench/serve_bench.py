@@ -1,6 +1,6 @@
 """Serving benchmark: ``serve`` beside the naive hand-written server, A/B interleaved in one run.
 
-    python -m local.bench.serve_bench                     # ~11 min on 2 busy CPU cores -> results/serving.{json,md}
+    python -m local.bench.serve_bench                     # ~12 min on 2 CPU cores -> results/serving.{json,md}
     python -m local.bench.serve_bench --device cuda       # the GPU section -> results/serving_gpu.{json,md}
     python -m local.bench.serve_bench --serve-env IMAGE_CLASSIFIER_BATCH_SIZE=8   # try a setting
 

@@ -1,6 +1,6 @@
 """Training and tuning benchmarks: our trainer beside the hand-written baseline, A/B interleaved.
 
-    python -m local.bench.train_bench                    # decode + training + tuning, ~13 min on 2 CPU cores
+    python -m local.bench.train_bench                    # decode + training + tuning, ~34 min on 2 quiet CPU cores
     python -m local.bench.train_bench --only tuning      # one part (decode | training | tuning)
     python -m local.bench.train_bench --gpu              # the GPU section (skipped, exit 0, without CUDA)
 
@@ -26,9 +26,10 @@ What is compared, each variant a fresh process, runs alternating A, B, A, B (med
   every epoch): ``train`` with ``feature_cache=off`` against the default ``feature_cache=auto``.
   The baseline's 10-epoch time is extrapolated from its measured one-epoch run (wall time + 9 more
   epochs of training and validation), not run: ten more minutes of the machine for a known figure.
-- ``decode``: ms per image to decode and resize to the 256 px shorter side, one thread: Pillow with
-  draft mode (our loader), Pillow without it (``ImageFolder``), ``torchvision.io.decode_jpeg`` +
-  tensor resize.
+- ``decode``: ms per image to decode and resize to the 256 px shorter side, one thread: ours (Pillow
+  with draft mode, then a uint8 tensor resized by torch), the same decode with Pillow's resize (our
+  loader before the tensor path), Pillow without draft mode (``ImageFolder``), and
+  ``torchvision.io.decode_jpeg`` + tensor resize.
 - ``--gpu``: ResNet-50 AMP training images/s on CUDA: a synthetic-batch step (the GPU's compute
   ceiling) and our trainer's epoch on the photos (full fine-tune, ``amp=auto``).
 """
@@ -263,6 +264,7 @@ def bench_decode(pairs: int) -> dict[str, Any]:
     from torchvision.transforms import InterpolationMode, v2
 
     from image_classifier.data.loading import load_rgb
+    from image_classifier.data.presets import to_pixels
 
     torch.set_num_threads(1)
     sets = {"500x375": sorted(write_photos(TRAIN_PER_CLASS, VALID_PER_CLASS).glob("train/*/*.jpg"))[::2][:64]}
@@ -270,8 +272,11 @@ def bench_decode(pairs: int) -> dict[str, Any]:
     side, bilinear = 256, InterpolationMode.BILINEAR
     resize = v2.Resize(side, interpolation=bilinear, antialias=True)
 
-    def pil(draft: bool) -> Callable[[Path], object]:
-        return lambda p: resize(load_rgb(p, (side, side) if draft else None))
+    def ours(p: Path) -> object:
+        return resize(to_pixels(load_rgb(p, (side, side))))
+
+    def pil_draft(p: Path) -> object:
+        return resize(load_rgb(p, (side, side)))
 
     def imagefolder_pil(p: Path) -> object:
         with open(p, "rb") as f:
@@ -294,7 +299,8 @@ def bench_decode(pairs: int) -> dict[str, Any]:
         return run
 
     variants = {
-        "Pillow + draft (ours)": timing(pil(True)),
+        "ours: Pillow + draft, tensor resize": timing(ours),
+        "Pillow + draft, Pillow resize": timing(pil_draft),
         "Pillow, no draft (ImageFolder)": timing(imagefolder_pil),
         "torchvision.io.decode_jpeg + tensor resize": timing(tv_io),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from PIL import Image
+from torchvision.transforms import v2
 
 from image_classifier.serving.model import LoadedModel
 from tests.helpers import ServeProcess
@@ -218,7 +220,10 @@ def _field(line: str, name: str) -> int:
 def test_model_card_drives_preprocessing(digits_job, reference):
     card = json.loads((Path(digits_job[0]) / "model" / "model_card.json").read_text())
     assert reference.classes == card["classes"]
-    assert list(reference.transform.transforms[1].size) == [card["preprocessing"]["input_size"]] * 2
+    (crop,) = [t for t in reference.transform.transforms if isinstance(t, v2.CenterCrop)]
+    assert list(crop.size) == [card["preprocessing"]["input_size"]] * 2
+    (resize,) = [t for t in reference.transform.transforms if isinstance(t, v2.Resize)]
+    assert resize.size == [math.floor(card["preprocessing"]["input_size"] / card["preprocessing"]["crop_pct"])]
 
 
 def _workers(proc) -> list[tuple[str, str, str]]:

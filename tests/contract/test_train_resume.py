@@ -95,3 +95,22 @@ def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, digits_data):
     assert second.returncode == 0, second.stdout[-2000:]
     assert "event=checkpoint_skipped path=checkpoint-0001-000005.pt" in second.stdout
     assert "event=resumed checkpoint=checkpoint-0001-000000.pt epoch=1 step=0" in second.stdout
+
+
+@pytest.mark.slow
+def test_another_runs_checkpoint_is_set_aside_not_resumed(tmp_path, digits_data):
+    """Tuning trials can share a checkpoint URI: a trial must not continue another's training."""
+    hps = {**DIGITS_HPS, "epochs": "1"}
+    write_job(tmp_path, digits_data, hps)
+    first = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:]
+    other_lr = str(float(hps.get("lr", "0.001")) * 3)
+    write_job(tmp_path, digits_data, {**hps, "lr": other_lr, "epochs": "2"})
+    second = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-2000:]
+    assert "event=checkpoint_ignored path=checkpoint-0001-000000.pt reason=different_hyperparameters:lr" in second.stdout
+    assert "event=resumed" not in second.stdout
+    checkpoints = tmp_path / "checkpoints"
+    assert (checkpoints / "foreign" / "checkpoint-0001-000000.pt").exists()
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*.pt")) == ["checkpoint-0001-000000.pt", "checkpoint-0002-000000.pt"]
+    assert len(read_json(tmp_path / "output" / "data" / "metrics.json")["history"]) == 2

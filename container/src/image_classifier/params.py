@@ -63,6 +63,7 @@ PROFILER_DIR = "profiler"
 CHECKPOINT_PATTERN = "checkpoint-{epoch:04d}-{step:06d}.pt"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 CHECKPOINTS_KEPT = 2
+FOREIGN_CHECKPOINTS_DIR = "foreign"  # another run's checkpoints found in ours, set aside
 
 # --- serving ---------------------------------------------------------------------------------
 BIND_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"

@@ -1,9 +1,9 @@
 """Decoded, resized images kept between epochs: in memory, or in a memory-mapped file on disk.
 
 Decoding a photo and resizing it is the costly part of the input pipeline, and every epoch repeats
-it for the same result. The cache decodes each image once (threads: Pillow releases the GIL), applies
-the transform's deterministic first step (resize of the shorter side, with Pillow, exactly as the
-transform does) and keeps the uint8 pixels. Loader workers read them (forked workers share the pages).
+it for the same result. The cache decodes each image once (threads: Pillow and torch release the GIL),
+applies the transform's deterministic first steps (to a uint8 tensor, resize of the shorter side,
+exactly as the transform does) and keeps the uint8 pixels. Loader workers read them (forked workers share the pages).
 
 - ``augment=none`` / ``light`` (and validation): the transform's first step is that resize, so a
   cached image goes through the rest of the transform bit-identically to a freshly decoded one.
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from image_classifier import params
 from image_classifier.data.loading import UnreadableImage, load_rgb
-from image_classifier.data.presets import STANDARD_MIN_SCALE, DataConfig, resize_shorter
+from image_classifier.data.presets import STANDARD_MIN_SCALE, DataConfig, resize_shorter, to_pixels
 from image_classifier.errors import UserError
 from image_classifier.metrics import format_line
 
@@ -124,7 +124,7 @@ class DecodedImages:
 
 def _decode(path: Path, resize: Callable, draft: tuple[int, int]) -> np.ndarray | None:
     try:
-        return np.asarray(resize(load_rgb(path, draft)), dtype=np.uint8)
+        return np.ascontiguousarray(resize(to_pixels(load_rgb(path, draft))).permute(1, 2, 0).numpy())
     except UnreadableImage:
         return None
 

@@ -54,7 +54,7 @@ from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms
 from image_classifier.modeling.weights_io import read_state_dict, sha256_of
 from image_classifier.training import feature_cache, reports
 from image_classifier.training.background_writes import BackgroundWriter, snapshot
-from image_classifier.training.checkpoints import load_latest, save_checkpoint, write_or_warn
+from image_classifier.training.checkpoints import foreign_reason, load_latest, run_fingerprint, save_checkpoint, write_or_warn
 from image_classifier.training.debugger import create_hook
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, gather_lists, init_world, shutdown
@@ -460,24 +460,23 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     start_epoch = start_step = 0
     stale_epochs = 0
     best_state: dict[str, torch.Tensor] | None = None
-    resumed = load_latest(env.checkpoint_dir)
+    run_id = run_fingerprint(classes, hp.model_dump())
+    resumed = load_latest(env.checkpoint_dir, lambda state: foreign_reason(state, classes, hp.model_dump()), world.is_main)
     if resumed is not None:
         state, path = resumed
-        if state.get("classes") != classes or state.get("model_name") != hp.model:
-            log.warning("event=checkpoint_ignored path=%s reason=different_model_or_classes", path.name)
-        else:
-            core.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["lr_scheduler"])
-            if precision.scaler is not None and state.get("scaler"):
-                precision.scaler.load_state_dict(state["scaler"])
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            history, best, stale_epochs = list(state["history"]), dict(state["best"]), int(state["stale_epochs"])
-            bad_images = max(bad_images, int(state.get("bad_images", 0)))
-            stored = _read_best(env.checkpoint_dir)
-            if stored is not None and stored[1].get("epoch") == str(best["epoch"]):  # not one a failed write left stale
-                best_state = stored[0]
-            log.info(format_line("resumed", checkpoint=path.name, epoch=start_epoch, step=start_step))
+        core.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["lr_scheduler"])
+        if precision.scaler is not None and state.get("scaler"):
+            precision.scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        history, best, stale_epochs = list(state["history"]), dict(state["best"]), int(state["stale_epochs"])
+        bad_images = max(bad_images, int(state.get("bad_images", 0)))
+        stored = _read_best(env.checkpoint_dir)
+        if stored is not None and stored[1].get("epoch") == str(best["epoch"]) and stored[1].get("run") == run_id:
+            # not one a failed write left stale, nor another run's
+            best_state = stored[0]
+        log.info(format_line("resumed", checkpoint=path.name, epoch=start_epoch, step=start_step))
     if decision.enabled:  # after resuming: the features of the backbone the checkpoint holds
         train_loader, valid_loader = feature_loaders(
             core,
@@ -600,7 +599,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
                 best_state = {k: v.detach().to("cpu").clone() for k, v in core.state_dict().items()}
                 stale_epochs = 0
                 if world.is_main:
-                    meta = {k: str(v) for k, v in best.items()}
+                    meta = {**{k: str(v) for k, v in best.items()}, "run": run_id}
                     path = env.checkpoint_dir / BEST_WEIGHTS_FILE
                     writer_thread.submit(
                         "best", f"epoch_{epoch + 1}", partial(write_or_warn, BEST_WEIGHTS_FILE, save_weights, best_state, path, meta)
