@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.helpers import DIGITS_HPS, read_json, train_env, write_job
+from tests.helpers import DIGITS_HPS, read_json, run_train, train_env, write_job
 from tests.reliability import FIGURES
 
 
@@ -86,12 +86,10 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path, digits_data, digit
 @pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, digits_data):
     hps = {**DIGITS_HPS, "epochs": "1"}
-    write_job(tmp_path, digits_data, hps)
-    first = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    first = run_train(tmp_path, digits_data, hps, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:]
     (tmp_path / "checkpoints" / "checkpoint-0001-000005.pt").write_bytes(b"torn write")
-    write_job(tmp_path, digits_data, {**hps, "epochs": "2"})
-    second = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    second = run_train(tmp_path, digits_data, {**hps, "epochs": "2"}, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:]
     assert "event=checkpoint_skipped path=checkpoint-0001-000005.pt" in second.stdout
     assert "event=resumed checkpoint=checkpoint-0001-000000.pt epoch=1 step=0" in second.stdout
@@ -101,12 +99,10 @@ def test_a_corrupt_newest_checkpoint_is_skipped(tmp_path, digits_data):
 def test_another_runs_checkpoint_is_set_aside_not_resumed(tmp_path, digits_data):
     """Tuning trials can share a checkpoint URI: a trial must not continue another's training."""
     hps = {**DIGITS_HPS, "epochs": "1"}
-    write_job(tmp_path, digits_data, hps)
-    first = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    first = run_train(tmp_path, digits_data, hps, timeout=600)
     assert first.returncode == 0, first.stdout[-2000:]
-    other_lr = str(float(hps.get("lr", "0.001")) * 3)
-    write_job(tmp_path, digits_data, {**hps, "lr": other_lr, "epochs": "2"})
-    second = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    other_lr = str(float(hps["lr"]) * 3)
+    second = run_train(tmp_path, digits_data, {**hps, "lr": other_lr, "epochs": "2"}, timeout=600)
     assert second.returncode == 0, second.stdout[-2000:]
     assert "event=checkpoint_ignored path=checkpoint-0001-000000.pt reason=different_hyperparameters:lr" in second.stdout
     assert "event=resumed" not in second.stdout

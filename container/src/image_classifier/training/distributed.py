@@ -19,6 +19,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    local_size: int = 1  # processes on this host (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -37,7 +38,9 @@ def init_world(use_cuda: bool) -> World:
     """Join the group torchrun set up (``RANK``/``WORLD_SIZE``), or a world of one without torchrun."""
     if "RANK" not in os.environ:
         return World()
-    world = World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    world = World(
+        int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
     if use_cuda:
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")

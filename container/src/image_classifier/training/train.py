@@ -195,12 +195,13 @@ def make_loader(
 
 
 def cache_images(
-    kept: list[list], config: DataConfig, hp: Hyperparameters, *, feature_cache_on: bool, threads: int
+    kept: list[list], config: DataConfig, hp: Hyperparameters, *, feature_cache_on: bool, threads: int, processes: int
 ) -> list[image_cache.DecodedImages | None]:
-    """Decode and resize the train and validation images once, where ``cache_images`` says (see image_cache)."""
+    """Decode and resize the train and validation images once, where ``cache_images`` says (see image_cache).
+
+    ``processes``: training processes on this host, each building its own cache."""
     sides = [image_cache.cached_side(config, hp.augment), config.resize_size]
-    procs_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    needed = procs_here * sum(
+    needed = processes * sum(
         image_cache.estimate_bytes([p for p, _ in samples], side) for samples, side in zip(kept[:2], sides, strict=True)
     )
     plan = image_cache.plan(hp.cache_images, needed, feature_cache=feature_cache_on, epochs_left=hp.epochs)
@@ -333,9 +334,8 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
     use_cuda = torch.cuda.is_available() and env.num_gpus > 0
     world = init_world(use_cuda)
     device = torch.device("cuda", world.local_rank) if use_cuda else torch.device("cpu")
-    procs_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if not use_cuda:
-        torch.set_num_threads(max(1, env.num_cpus // procs_here))
+        torch.set_num_threads(max(1, env.num_cpus // world.local_size))
     seed_everything(hp.seed + world.rank, hp.deterministic)
     log.info(
         format_line(
@@ -349,8 +349,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
 
 
 def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: torch.device, started: float) -> dict[str, float]:
-    procs_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    workers = hp.num_workers if hp.num_workers is not None else default_workers(env.num_cpus, procs_here, device.type == "cuda")
+    workers = hp.num_workers if hp.num_workers is not None else default_workers(env.num_cpus, world.local_size, device.type == "cuda")
     train_index, valid_index, test_index = index_data(env)
     classes = list(train_index.classes)
     indices = [i for i in (train_index, valid_index, test_index) if i is not None]
@@ -440,7 +439,14 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             hook.train()
 
     pin = device.type == "cuda"
-    cached = cache_images(kept, data_config, hp, feature_cache_on=decision.enabled, threads=max(2, env.num_cpus // procs_here))
+    cached = cache_images(
+        kept,
+        data_config,
+        hp,
+        feature_cache_on=decision.enabled,
+        threads=max(2, env.num_cpus // world.local_size),
+        processes=world.local_size,
+    )
     train_loader = make_loader(
         kept[0], train_transform(data_config, hp.augment), data_config, hp, world, train=True, workers=workers, pin=pin, images=cached[0]
     )
@@ -460,8 +466,9 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
     start_epoch = start_step = 0
     stale_epochs = 0
     best_state: dict[str, torch.Tensor] | None = None
-    run_id = run_fingerprint(classes, hp.model_dump())
-    resumed = load_latest(env.checkpoint_dir, lambda state: foreign_reason(state, classes, hp.model_dump()), world.is_main)
+    hp_values = hp.model_dump()
+    run_id = run_fingerprint(classes, hp_values)
+    resumed = load_latest(env.checkpoint_dir, lambda state: foreign_reason(state, classes, hp_values), world.is_main)
     if resumed is not None:
         state, path = resumed
         core.load_state_dict(state["model"])
@@ -505,7 +512,7 @@ def _run(env: TrainingEnvironment, hp: Hyperparameters, world: World, device: to
             "bad_images": bad_images,
             "classes": classes,
             "model_name": hp.model,
-            "hyperparameters": hp.model_dump(),
+            "hyperparameters": hp_values,
         }
 
     checks = TrainingChecks() if hp.checks else None
