@@ -54,6 +54,7 @@ from image_classifier import params
 from image_classifier.atomic import atomic_target
 from image_classifier.data.discovery import check_same_classes, image_extensions, index_split
 from image_classifier.data.loading import find_unreadable
+from image_classifier.data.readability import keep_readable, log_unreadable
 from image_classifier.errors import UserError
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
@@ -284,25 +285,10 @@ def preflight(channels: Mapping[str, Path], layout: str, *, max_bad_fraction: fl
     check_same_classes(indices[0], *indices[1:])
     every = [path for index in indices for path, _ in index.samples]
     bad = find_unreadable(every, os.cpu_count() or 1)
-    for path, reason in sorted(bad.items())[:20]:
-        log.warning(format_line("unreadable_image", path=str(path), reason=reason.split(": ", 1)[-1].replace(" ", "_")[:160]))
-    fraction = len(bad) / max(len(every), 1)
+    log_unreadable(bad)
     log.info(format_line("preflight", images=len(every), bad_images=len(bad)))
-    if fraction > max_bad_fraction:
-        raise UserError(
-            f"{len(bad)} of {len(every)} images are unreadable ({fraction:.1%} > max_bad_fraction={max_bad_fraction}), "
-            f"e.g. {[str(p) for p in sorted(bad)[:5]]}"
-        )
-    files: dict[str, tuple[Path, ...]] = {}
-    for index in indices:
-        kept = [(path, label) for path, label in index.samples if path not in bad]
-        if not kept:
-            raise UserError(f"channel '{index.split}' has no readable images")
-        present = {label for _, label in kept}
-        if len(present) != len(index.classes):
-            empty = [c for i, c in enumerate(index.classes) if i not in present]
-            raise UserError(f"channel '{index.split}' has classes with no readable image: {empty}")
-        files[index.split] = tuple(path for path, _ in kept)
+    kept = keep_readable(indices, bad, max_bad_fraction)
+    files = {index.split: tuple(path for path, _ in samples) for index, samples in zip(indices, kept, strict=True)}
     return PreparedData(layout, dict(channels), indices[0].classes, files, tuple(sorted(bad)))
 
 

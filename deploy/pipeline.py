@@ -139,7 +139,7 @@ def step_weights(ctx: Context) -> None:
     s3 = ctx.aws.client("s3")
     prefix = f"{ctx.cfg.prefix}/pretrained"
     for name in models:
-        from image_classifier.modeling.pretrained import safe_name
+        from image_classifier.modeling.weights_io import safe_name
 
         path = folder / f"{safe_name(name)}.safetensors"
         if not path.is_file():

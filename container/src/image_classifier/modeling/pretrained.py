@@ -16,7 +16,7 @@ from torch import nn
 
 from image_classifier import params
 from image_classifier.errors import UserError
-from image_classifier.modeling.weights_io import WEIGHT_SUFFIXES, read_state_dict, sha256_of
+from image_classifier.modeling.weights_io import WEIGHT_SUFFIXES, read_state_dict, safe_name, sha256_of
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,6 @@ class WeightSource:
 
     def fingerprint(self) -> dict[str, str]:
         return {"source": self.kind, "file": self.path.name, "sha256": sha256_of(self.path)}
-
-
-def safe_name(model_name: str) -> str:
-    return model_name.replace("/", "_")
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
+def safe_name(model_name: str) -> str:
+    """The file stem a model's weights go by (``torchvision/resnet50`` -> ``torchvision_resnet50``)."""
+    return model_name.replace("/", "_")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
