@@ -28,3 +28,15 @@ def test_amp_channels_last_torchrun_nccl(tmp_path, digits_data):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "device=cuda:0" in result.stdout and "world_size=1" in result.stdout
     assert read_json(tmp_path / "output" / "data" / "metrics.json")["final"]["test_acc"] > 0.8
+
+
+def test_adamw_is_fused_on_cuda():
+    import timm
+
+    from image_classifier.hyperparameters import Hyperparameters
+    from image_classifier.training.optim import create_optimizer
+
+    device = torch.device("cuda")
+    optimizer = create_optimizer(timm.create_model("resnet18", num_classes=3).to(device), Hyperparameters(), device)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    optimizer.step()  # the fused kernel accepts every parameter group

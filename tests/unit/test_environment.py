@@ -74,3 +74,27 @@ def test_current_host_must_be_listed(tmp_path):
 def test_no_config_defaults_to_one_host(tmp_path):
     env = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
     assert env.hosts == ("algo-1",) and env.hyperparameters == {} and dict(env.channels) == {}
+
+
+def test_model_and_output_dirs_come_from_the_environment_given_not_the_process(tmp_path, monkeypatch):
+    _layout(tmp_path)
+    monkeypatch.setenv("SM_MODEL_DIR", str(tmp_path / "from-the-process"))
+    given = {"SAGEMAKER_BASE_DIR": str(tmp_path), "SM_MODEL_DIR": str(tmp_path / "m"), "SM_OUTPUT_DATA_DIR": str(tmp_path / "o")}
+    env = TrainingEnvironment.from_env(given)
+    assert env.model_dir == tmp_path / "m" and env.output_data_dir == tmp_path / "o"
+    plain = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert plain.model_dir == tmp_path / "model" and plain.output_data_dir == tmp_path / "output" / "data"
+
+
+def test_nccl_and_gloo_use_the_interface_sagemaker_names_between_hosts(tmp_path):
+    from image_classifier.training.launcher import socket_interface_variables
+
+    _layout(tmp_path, resource={"current_host": "algo-1", "hosts": ["algo-1", "algo-2"], "network_interface_name": "ethwe"})
+    env = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert env.network_interface_name == "ethwe"
+    assert socket_interface_variables(env, {}) == {"NCCL_SOCKET_IFNAME": "ethwe", "GLOO_SOCKET_IFNAME": "ethwe"}
+    assert socket_interface_variables(env, {"NCCL_SOCKET_IFNAME": "eth1"}) == {"GLOO_SOCKET_IFNAME": "ethwe"}  # the user's choice stays
+    single = tmp_path / "single"
+    single.mkdir()
+    _layout(single, resource={"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "ethwe"})
+    assert socket_interface_variables(TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(single)}), {}) == {}

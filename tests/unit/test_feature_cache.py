@@ -15,7 +15,7 @@ from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.modeling.factory import classifier_of, replace_head
 from image_classifier.modeling.freezing import apply_freeze
 from image_classifier.training import feature_cache
-from image_classifier.training.engine import Precision
+from image_classifier.training.engine import Precision, StopFlag
 
 CPU = torch.device("cpu")
 CONFIG = DataConfig(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.875)
@@ -45,7 +45,7 @@ def _extract(model, samples, precision, batch_size=4):
     dataset = feature_cache.indexed(LabelledImages(samples, eval_transform(CONFIG)))
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=feature_cache.collate_indexed)
     labels = [label for _, label in samples]
-    return feature_cache.extract(model, classifier_of(model), loader, labels, list(range(len(samples))), CPU, precision, lambda: False)
+    return feature_cache.extract(model, classifier_of(model), loader, labels, list(range(len(samples))), CPU, precision, StopFlag())
 
 
 def _full_logits(model, samples, precision):

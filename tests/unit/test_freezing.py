@@ -3,7 +3,7 @@ import timm
 import torchvision
 
 from image_classifier.modeling.factory import classifier_of, replace_head
-from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, parameter_groups, stages
+from image_classifier.modeling.freezing import apply_freeze, freeze_frozen_norms, stages
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,6 @@ def test_frozen_batchnorm_stays_in_eval_mode(resnet):
     resnet.train()
     freeze_frozen_norms(resnet)
     assert not resnet.bn1.training and not resnet.layer4[1].bn2.training
-
-
-def test_parameter_groups_carry_the_stated_learning_rates(resnet):
-    apply_freeze(resnet, None)
-    groups = {g["name"]: g for g in parameter_groups(resnet, lr=0.01, backbone_lr_mult=0.1, weight_decay=0.05)}
-    assert set(groups) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
-    assert groups["head"]["lr"] == 0.01 and groups["backbone"]["lr"] == pytest.approx(0.001)
-    assert groups["backbone_no_decay"]["weight_decay"] == 0.0 and groups["backbone"]["weight_decay"] == 0.05
-    assert sum(len(g["params"]) for g in groups.values()) == len(list(resnet.parameters()))
-    apply_freeze(resnet, 0)
-    assert {g["name"] for g in parameter_groups(resnet, 0.01, 0.1, 0.05)} == {"head", "head_no_decay"}
 
 
 def test_torchvision_models_get_a_new_head_and_stages():

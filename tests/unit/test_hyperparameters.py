@@ -50,3 +50,23 @@ def test_every_problem_is_reported_at_once():
 def test_freeze_policies():
     assert Hyperparameters(freeze="none").trainable_stages is None
     assert Hyperparameters(freeze="head").trainable_stages == 0
+
+
+def test_other_underscore_keys_are_refused_with_the_reason():
+    with pytest.raises(UserError, match=r"'_lr'.*SageMaker's own \(a typo for 'lr'\?\)") as info:
+        Hyperparameters.from_strings({"_lr": "0.1", "epochs": "x", "sagemaker_new_sdk_key": "1"})
+    assert "epochs='x'" in str(info.value)  # reported with the other problems, in one line
+    assert "sagemaker_new_sdk_key" not in str(info.value)
+
+
+def test_the_train_flags_are_the_hyperparameters_grouped_by_section():
+    from image_classifier.hyperparameters import SECTIONS
+    from image_classifier.training.launcher import get_args_parser
+
+    parser = get_args_parser()
+    groups = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups if g.title in {s.title() for s in SECTIONS}}
+    assert list(groups) == ["model", "optimisation", "data", "speed", "observability"]
+    assert [name for names in groups.values() for name in names] == list(Hyperparameters.model_fields)
+    assert "lr" in groups["optimisation"] and "feature_cache" in groups["speed"]
+    given = vars(parser.parse_args(["--batch-size", "8", "--lr", "0.5"]))
+    assert given == {"batch_size": "8", "lr": "0.5"}  # only what was given overrides the JSON

@@ -10,7 +10,7 @@ from image_classifier.data import image_cache
 from image_classifier.data.datasets import LabelledImages
 from image_classifier.data.presets import DataConfig, eval_transform, train_transform
 from image_classifier.errors import UserError
-from image_classifier.training.train import default_workers
+from image_classifier.training.inputs import default_workers
 
 CONFIG = DataConfig(input_size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=0.875)
 

@@ -52,15 +52,10 @@ class TrainingEnvironment:
     num_cpus: int
     job_name: str
     debug_hook_config: Path | None
+    model_dir: Path  # SM_MODEL_DIR, else <base>/model
+    output_data_dir: Path  # SM_OUTPUT_DATA_DIR, else <base>/output/data
+    network_interface_name: str | None = None  # resourceconfig.json: the interface between hosts
     input_data_config: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def model_dir(self) -> Path:
-        return Path(os.environ.get(params.SM_MODEL_DIR_ENV) or self.base_dir / params.MODEL_DIR)
-
-    @property
-    def output_data_dir(self) -> Path:
-        return Path(os.environ.get(params.SM_OUTPUT_DATA_DIR_ENV) or self.base_dir / params.OUTPUT_DATA_DIR)
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -129,5 +124,8 @@ class TrainingEnvironment:
             num_cpus=num_cpus,
             job_name=env.get(params.TRAINING_JOB_NAME_ENV, "local"),
             debug_hook_config=hook if hook.exists() else None,
+            model_dir=Path(env.get(params.SM_MODEL_DIR_ENV) or base / params.MODEL_DIR),
+            output_data_dir=Path(env.get(params.SM_OUTPUT_DATA_DIR_ENV) or base / params.OUTPUT_DATA_DIR),
+            network_interface_name=resource.get("network_interface_name") or None,
             input_data_config=MappingProxyType(data_config),
         )

@@ -3,7 +3,8 @@
 SageMaker delivers every hyperparameter as a string (the SDK's framework estimators even
 JSON-encode them, so ``"resnet50"`` may arrive as ``"\\"resnet50\\""``). pydantic turns them
 into typed values; an unknown name or a malformed value fails the job with a reason that names
-it. Keys SageMaker itself injects (``sagemaker_*``, ``_tuning_objective_metric``) are ignored.
+it. Keys SageMaker itself injects (``sagemaker_*``, ``_tuning_objective_metric``) are ignored;
+any other key starting with ``_`` is refused with the reason.
 """
 
 from __future__ import annotations
@@ -18,21 +19,36 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from image_classifier.errors import UserError
 
 _FREEZE = re.compile(r"^(none|head|last:\d+)$")
+# Keys SageMaker and the SDK add: every ``sagemaker_*`` (the SDK adds new ones; script mode reads
+# ``sagemaker_program``) and the tuning job's ``_tuning_objective_metric``. Any other ``_`` key is
+# refused, so that a mistyped ``_lr`` fails the job instead of vanishing.
+SERVICE_PREFIX = "sagemaker_"
+SERVICE_KEYS = frozenset({"_tuning_objective_metric"})
 
 
-class Hyperparameters(BaseModel):
-    """What a training job can be told. Defaults are the ones a careful engineer would pick."""
-
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # model
+    @classmethod
+    def title(cls) -> str:
+        """The argument group's name: ``OptimisationSection`` -> ``optimisation``."""
+        return cls.__name__.removesuffix("Section").lower()
+
+
+class ModelSection(_Section):
+    """The backbone, its weights and what of it trains."""
+
     model: str = Field("resnet50", description="timm model name, or torchvision/<name>")
     pretrained: bool = True
     image_size: int | None = Field(None, ge=16, le=1024, description="default: the model's own")
     freeze: str = Field(
         "none", description="none (full fine-tune) | head (train the head only) | last:N (train the last N stages and the head)"
     )
-    # optimisation
+
+
+class OptimisationSection(_Section):
+    """The optimizer, the learning-rate schedule, regularisation, seeding."""
+
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -49,7 +65,11 @@ class Hyperparameters(BaseModel):
     early_stopping_patience: int = Field(0, ge=0, description="epochs without validation gain; 0 disables")
     seed: int = 42
     deterministic: bool = False
-    # data
+
+
+class DataSection(_Section):
+    """Augmentation, loading, unreadable files, the decoded-image cache."""
+
     augment: Literal["standard", "light", "none"] = "standard"
     num_workers: int | None = Field(None, ge=0, le=64, description="default: one per CPU, at most 8")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail above this share of unreadable images")
@@ -59,7 +79,11 @@ class Hyperparameters(BaseModel):
         "auto = memory if it fits in a quarter of free RAM, else disk if it fits in half the free disk, else none "
         "(none when the feature cache runs or there is one epoch)",
     )
-    # speed
+
+
+class SpeedSection(_Section):
+    """How fast it runs; none of these changes what is learnt (except amp's rounding)."""
+
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -69,12 +93,28 @@ class Hyperparameters(BaseModel):
         description="auto: with freeze=head and augment=none, run the frozen backbone once and train the head on its stored "
         "features every epoch (same training, far less compute); refused with the reason logged otherwise",
     )
-    # observability
+
+
+class ObservabilitySection(_Section):
+    """Logs, in-process checks, the profiler."""
+
     log_interval: int = Field(50, ge=1)
     checks: bool = True
     profile: bool = False
     profile_start_step: int = Field(5, ge=0)
     profile_steps: int = Field(5, ge=1)
+
+
+SECTIONS: tuple[type[_Section], ...] = (ModelSection, OptimisationSection, DataSection, SpeedSection, ObservabilitySection)
+
+
+# the bases last-first: pydantic orders the fields from the last base, so they read as SECTIONS do
+class Hyperparameters(ObservabilitySection, SpeedSection, DataSection, OptimisationSection, ModelSection):
+    """What a training job can be told. Defaults are the ones a careful engineer would pick.
+
+    The fields are declared in sections (``SECTIONS``, one class each) so that the ``train`` flags
+    are grouped from the model itself, never from a second list of names.
+    """
 
     @field_validator("freeze")
     @classmethod
@@ -95,21 +135,26 @@ class Hyperparameters(BaseModel):
     @classmethod
     def from_strings(cls, raw: Mapping[str, str]) -> Hyperparameters:
         values: dict[str, str] = {}
+        problems = []
         for key, value in raw.items():
-            if key.startswith(("sagemaker_", "_")):
+            if key.startswith(SERVICE_PREFIX) or key in SERVICE_KEYS:
+                continue
+            if key.startswith("_"):
+                problems.append(f"hyperparameter {key!r}: names starting with '_' are SageMaker's own (a typo for {key.lstrip('_')!r}?)")
                 continue
             values[key.replace("-", "_")] = _unquote(value)
         try:
-            return cls.model_validate(values)
+            hp = cls.model_validate(values)
         except ValidationError as exc:
-            problems = []
             for err in exc.errors():
                 name = ".".join(str(p) for p in err["loc"]) or "?"
                 if err["type"] == "extra_forbidden":
                     problems.append(f"unknown hyperparameter {name!r}")
                 else:
                     problems.append(f"hyperparameter {name}={values.get(name)!r}: {err['msg']}")
-            raise UserError("; ".join(problems)) from None
+        if problems:
+            raise UserError("; ".join(problems))
+        return hp
 
 
 def _unquote(value: str) -> str:

@@ -22,6 +22,8 @@ DEFAULT_BAKED_WEIGHTS_DIR = "/opt/pretrained"
 HOST_WAIT_TIMEOUT_ENV = "IMAGE_CLASSIFIER_HOST_WAIT_SECONDS"
 DEFAULT_HOST_WAIT_SECONDS = 300.0
 MASTER_PORT = 29500
+NCCL_SOCKET_IFNAME_ENV = "NCCL_SOCKET_IFNAME"  # set from resourceconfig.json's network_interface_name
+GLOO_SOCKET_IFNAME_ENV = "GLOO_SOCKET_IFNAME"
 
 # --- /opt/ml layout (relative to the base dir) -----------------------------------------------
 CONFIG_DIR = "input/config"
@@ -64,6 +66,7 @@ CHECKPOINT_PATTERN = "checkpoint-{epoch:04d}-{step:06d}.pt"
 CHECKPOINT_GLOB = "checkpoint-*.pt"
 CHECKPOINTS_KEPT = 2
 FOREIGN_CHECKPOINTS_DIR = "foreign"  # another run's checkpoints found in ours, set aside
+BEST_WEIGHTS_FILE = "best-model.safetensors"  # the best epoch's weights, beside the checkpoints
 
 # --- serving ---------------------------------------------------------------------------------
 BIND_PORT_ENV = "SAGEMAKER_BIND_TO_PORT"

@@ -1,4 +1,4 @@
-"""Freeze policies (head only, last N stages, everything) and optimizer parameter groups."""
+"""Freeze policies: head only, the last N stages, or everything (parameter groups: training/optim.py)."""
 
 from __future__ import annotations
 
@@ -49,25 +49,3 @@ def freeze_frozen_norms(model: nn.Module) -> None:
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
                 module.eval()
-
-
-def parameter_groups(model: nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Head at ``lr``, backbone at ``lr * backbone_lr_mult``; no weight decay on biases and norms."""
-    head = {id(p) for p in classifier_of(model).parameters()}
-    buckets: dict[tuple[str, bool], list] = {}
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        part = "head" if id(parameter) in head else "backbone"
-        buckets.setdefault((part, parameter.ndim > 1), []).append(parameter)
-    groups = []
-    for (part, decay), tensors in sorted(buckets.items(), key=lambda kv: (kv[0][0] != "head", not kv[0][1])):
-        groups.append(
-            {
-                "name": f"{part}{'' if decay else '_no_decay'}",
-                "params": tensors,
-                "lr": lr if part == "head" else lr * backbone_lr_mult,
-                "weight_decay": weight_decay if decay else 0.0,
-            }
-        )
-    return groups

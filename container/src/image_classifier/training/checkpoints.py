@@ -22,13 +22,21 @@ import json
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from image_classifier import params
 from image_classifier.atomic import atomic_target
+from image_classifier.errors import UserError
+from image_classifier.metrics import format_line
+from image_classifier.model_card import save_weights
+from image_classifier.modeling.weights_io import read_state_dict
+from image_classifier.training.background_writes import BackgroundWriter, snapshot
+from image_classifier.training.progress import Progress, Stateful
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -138,3 +146,79 @@ def _set_aside(path: Path) -> None:
         path.replace(path.parent / params.FOREIGN_CHECKPOINTS_DIR / path.name)
     except OSError as exc:
         log.warning("event=checkpoint_set_aside_failed path=%s reason=%s", path.name, type(exc).__name__)
+
+
+def read_best(directory: Path, epoch: int, run_id: str) -> dict[str, torch.Tensor] | None:
+    """The best-model file's weights if they are of ``epoch`` of run ``run_id``.
+
+    Not one a failed write left stale, nor another run's (the file's metadata names both)."""
+    from safetensors import safe_open
+
+    path = directory / params.BEST_WEIGHTS_FILE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+        state = read_state_dict(path)
+    except (UserError, OSError, RuntimeError):
+        return None
+    return state if meta.get("epoch") == str(epoch) and meta.get("run") == run_id else None
+
+
+@dataclass
+class RunCheckpoints:
+    """This run's checkpoint folder, as the epoch loop uses it: resume, then write as epochs end.
+
+    Every process resumes; only the main one writes. Epoch writes go through the background
+    ``writer``; a signal's checkpoint waits for those first, so the newest state lands last.
+    """
+
+    directory: Path
+    classes: list[str]
+    hyperparameters: dict[str, Any]  # hp.model_dump(), dumped once per job
+    writer: BackgroundWriter
+    is_main: bool
+
+    @property
+    def run_id(self) -> str:
+        return run_fingerprint(self.classes, self.hyperparameters)
+
+    def resume(self, parts: Stateful, *, bad_images: int) -> Progress:
+        """The newest checkpoint of this run loaded into ``parts``, or a fresh start."""
+        found = load_latest(self.directory, lambda state: foreign_reason(state, self.classes, self.hyperparameters), self.is_main)
+        if found is None:
+            return Progress(bad_images=bad_images)
+        state, path = found
+        progress = Progress.restore(state, parts, bad_images=bad_images)
+        progress.best_state = read_best(self.directory, int(progress.best["epoch"]), self.run_id)
+        log.info(format_line("resumed", checkpoint=path.name, epoch=progress.epoch, step=progress.step))
+        return progress
+
+    def _state(self, progress: Progress, parts: Stateful, epoch: int, step: int) -> dict:
+        return progress.checkpoint(parts, epoch=epoch, step=step, classes=self.classes, hyperparameters=self.hyperparameters)
+
+    def save_epoch(self, progress: Progress, parts: Stateful, improved: bool) -> None:
+        """After an epoch: the best weights (if it improved), then the checkpoint, in the background."""
+        if not self.is_main:
+            return
+        label = f"epoch_{progress.epoch}"
+        if improved and progress.best_state is not None:
+            meta = {**{k: str(v) for k, v in progress.best.items()}, "run": self.run_id}
+            path = self.directory / params.BEST_WEIGHTS_FILE
+            self.writer.submit(
+                "best", label, partial(write_or_warn, params.BEST_WEIGHTS_FILE, save_weights, progress.best_state, path, meta)
+            )
+        state = snapshot(self._state(progress, parts, progress.epoch, 0))
+        self.writer.submit("checkpoint", label, partial(self._write, state, "epoch"))
+
+    def save_now(self, progress: Progress, parts: Stateful, epoch: int, step: int) -> None:
+        """A signal arrived mid-epoch: the queued writes, then this position, before the job ends."""
+        self.writer.flush()
+        if self.is_main:
+            self._write(self._state(progress, parts, epoch, step), "signal")
+
+    def _write(self, state: dict, reason: str) -> None:
+        epoch, step = state["epoch"], state["step"]
+        if saved := write_or_warn("checkpoint", save_checkpoint, state, self.directory, epoch, step):
+            log.info(format_line("checkpoint", path=saved.name, reason=reason, epoch=epoch, step=step))

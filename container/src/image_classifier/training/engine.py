@@ -6,7 +6,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -22,7 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class StopRequested(Exception):
-    """SIGTERM arrived (Spot interruption, ``docker stop``); a checkpoint has been written."""
+    """SIGTERM arrived (Spot interruption, ``docker stop``) after ``step`` steps of the epoch.
+
+    The loop that catches it writes the checkpoint of that position, then lets it end the job.
+    """
+
+    def __init__(self, signal_name: str, step: int | None = None):
+        super().__init__(signal_name)
+        self.step = step
 
 
 @dataclass
@@ -89,12 +95,10 @@ def train_one_epoch(
     checks: TrainingChecks | None,
     world: World,
     stop: StopFlag,
-    on_interrupt: Callable[[int], None],
     log_interval: int,
     profiler=None,
-    set_train_mode: Callable[[], None],
 ) -> EpochResult:
-    set_train_mode()
+    """One pass over ``loader`` from ``start_step``; the caller has put the model in training mode."""
     timer = StepTimer(device)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -158,8 +162,7 @@ def train_one_epoch(
                 )
             )
         if any_rank(stop.requested, world, device) if world.distributed else stop.requested:
-            on_interrupt(step)
-            raise StopRequested(stop.signal_name or "SIGTERM")
+            raise StopRequested(stop.signal_name or "SIGTERM", step)
     seconds = time.perf_counter() - start
     loss_sum, n_correct, n_seen, n_bad_all = all_reduce_sum([float(total_loss), float(correct), float(seen), float(bad)], world, device)
     return EpochResult(

@@ -18,7 +18,7 @@ output is not its classifier's output.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +29,7 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
 from image_classifier.training.distributed import World
-from image_classifier.training.engine import Precision, StopRequested
+from image_classifier.training.engine import Precision, StopFlag, StopRequested
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def extract(
     positions: Sequence[int],
     device: torch.device,
     precision: Precision,
-    should_stop: Callable[[], bool],
+    stop: StopFlag,
 ) -> Features:
     """Run the backbone once over ``loader`` (an ``indexed`` dataset); capture the classifier's input.
 
@@ -203,8 +203,8 @@ def extract(
     slot = {p: i for i, p in enumerate(positions)}
     try:
         for images, _labels, where in loader:
-            if should_stop():
-                raise StopRequested("SIGTERM")
+            if stop.requested:
+                raise StopRequested(stop.signal_name or "SIGTERM")
             if where.numel() == 0:
                 continue
             with precision.autocast(device):

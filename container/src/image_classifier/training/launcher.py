@@ -1,4 +1,9 @@
-"""The ``train`` console script: failure file, host checks, torchrun, exit codes.
+"""Fine-tune a pretrained image classifier under the SageMaker training contract.
+
+The ``train`` console script: flags, failure file, host checks, torchrun, exit codes.
+
+    train                                   # as SageMaker runs it: hyperparameters.json
+    train --model resnet18 --epochs 3       # flags override the JSON, one per hyperparameter
 
 One process per host runs this. With more than one process in the job (several GPUs, several
 hosts, or ``processes_per_host``) it starts ``torchrun``, which runs this same module again in
@@ -7,6 +12,7 @@ each worker (``LOCAL_RANK`` is then set, and the worker calls ``train.main`` dir
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -19,7 +25,7 @@ from pathlib import Path
 from image_classifier import params
 from image_classifier.environment import TrainingEnvironment
 from image_classifier.errors import UserError
-from image_classifier.hyperparameters import Hyperparameters
+from image_classifier.hyperparameters import SECTIONS, Hyperparameters
 from image_classifier.logs import setup_logging
 from image_classifier.metrics import format_line
 
@@ -27,6 +33,17 @@ log = logging.getLogger("image_classifier.train")
 EXIT_USER_ERROR = 1
 EXIT_INTERNAL_ERROR = 2
 EXIT_INTERRUPTED = 143
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """One flag per hyperparameter, grouped by the model's own sections; given flags override hyperparameters.json."""
+    parser = argparse.ArgumentParser(prog="train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for section in SECTIONS:
+        group = parser.add_argument_group(section.title(), section.__doc__)
+        for name, info in section.model_fields.items():
+            help_text = f"{info.description or ''} (default: {info.default})".strip()
+            group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text)
+    return parser
 
 
 def failure_path(env: TrainingEnvironment | None) -> Path:
@@ -56,6 +73,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def socket_interface_variables(env: TrainingEnvironment, environ: dict[str, str]) -> dict[str, str]:
+    """NCCL and Gloo on the interface SageMaker names between hosts (as its own toolkit sets it).
+
+    Left alone on one host, and where the user already chose an interface."""
+    if not env.is_multi_host or not env.network_interface_name:
+        return {}
+    names = (params.NCCL_SOCKET_IFNAME_ENV, params.GLOO_SOCKET_IFNAME_ENV)
+    return {name: env.network_interface_name for name in names if name not in environ}
+
+
 def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> int:
     from image_classifier.training.distributed import wait_for_hosts
 
@@ -63,6 +90,10 @@ def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> in
         timeout = float(os.environ.get(params.HOST_WAIT_TIMEOUT_ENV, params.DEFAULT_HOST_WAIT_SECONDS))
         wait_for_hosts([h for h in env.hosts if h != env.current_host], timeout)
         master, port = env.hosts[0], params.MASTER_PORT
+        interfaces = socket_interface_variables(env, dict(os.environ))
+        os.environ.update(interfaces)
+        if interfaces:
+            log.info(format_line("socket_interface", **interfaces))
     else:
         master, port = "127.0.0.1", _free_port()
     command = [
@@ -96,8 +127,6 @@ def run(argv: list[str]) -> int:
         env = TrainingEnvironment.from_env()
         if not is_worker:
             env.failure_file.unlink(missing_ok=True)
-        from image_classifier.training.train import get_args_parser
-
         overrides = {k: str(v) for k, v in vars(get_args_parser().parse_args(argv)).items()}
         hp = Hyperparameters.from_strings({**env.hyperparameters, **overrides})
         procs = hp.processes_per_host or max(1, env.num_gpus)
