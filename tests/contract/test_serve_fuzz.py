@@ -5,6 +5,9 @@ never a 5xx, never a dropped connection. Valid generated images (random sizes, m
 must get 200, so a server that refused everything with 400 would fail here. Fuzzed bodies go in
 raw and inside JSON batches, several at a time so MMS batches them together. Afterwards the
 very same workers are alive and a good request succeeds.
+
+Each test keeps its own tally and compares the workers with those it found at its start, so
+the tests pass or fail alone, in any order, sharing only the (module-scoped) server.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import struct
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -47,9 +50,15 @@ FORMAT_MODES = {
     "ICO": ["RGBA"],
 }
 BYTES_PER_PIXEL = {"L": 1, "P": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "RGBA": 4, "CMYK": 4, "I;16": 2, "I": 4, "F": 4}
-SENT: list[str] = []  # one category name per request sent
-STATUSES: dict[int, int] = {}
-STARTED: list[float] = []
+
+
+@dataclass
+class Tally:
+    """What one test sent and got back."""
+
+    sent: list[str] = field(default_factory=list)  # one category name per request sent
+    statuses: dict[int, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,6 @@ def server(digits_job, tmp_path_factory):
         IMAGE_CLASSIFIER_MAX_BATCH_DELAY_MS="20",
     )
     proc.wait_ready()
-    proc.workers_at_start = worker_fingerprint(proc)
     proc.classes = json.loads((digits_job[0] / "model" / "model_card.json").read_text())["classes"]
     proc.http = requests.Session()
     proc.http.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=PER_EXAMPLE))
@@ -290,9 +298,10 @@ def _top_k(case: Case, classes: int) -> int:
     return min(k, classes)
 
 
-def check_answer(case: Case, response: requests.Response, classes: list[str]) -> None:
+def check_answer(case: Case, response: requests.Response, classes: list[str], tally: Tally) -> None:
     where = f"{case.category} {case.content_type!r} {len(case.body)} bytes {case.body[:60]!r}: {response.status_code} {response.text[:300]}"
-    STATUSES[response.status_code] = STATUSES.get(response.status_code, 0) + 1
+    tally.sent.append(case.category)
+    tally.statuses[response.status_code] = tally.statuses.get(response.status_code, 0) + 1
     assert response.status_code < 500, where
     if case.must_succeed:
         assert response.status_code == 200, where
@@ -325,40 +334,49 @@ def check_answer(case: Case, response: requests.Response, classes: list[str]) ->
             assert len(answer["probabilities"]) == len(classes) and abs(sum(answer["probabilities"]) - 1) < 1e-3, where
 
 
-def _send_all(server, batch: list[Case]) -> None:
-    if not STARTED:
-        STARTED.append(time.monotonic())
+def _send_all(server, batch: list[Case], tally: Tally) -> None:
     with ThreadPoolExecutor(max_workers=len(batch)) as pool:
         responses = list(pool.map(lambda c: _send(server, c), batch))
     for case, response in zip(batch, responses, strict=True):
-        SENT.append(case.category)
-        check_answer(case, response, server.classes)
+        check_answer(case, response, server.classes, tally)
+
+
+def _assert_still_serving(server, workers: object, sample_images: dict[str, bytes]) -> None:
+    """No worker was replaced, and a good request succeeds."""
+    assert worker_fingerprint(server) == workers
+    good = server.http.post(f"{server.url}/invocations", data=sample_images["png"], headers={"Content-Type": "image/png"}, timeout=30)
+    assert good.status_code == 200 and len(good.json()["predictions"]) == 1
+    assert "Backend worker process died" not in server.log() and "Worker disconnected" not in server.log()
 
 
 # --- tests ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_edge_cases(server):
-    _send_all(server, EDGE_CASES)
+def test_edge_cases(server, sample_images):
+    workers, tally = worker_fingerprint(server), Tally()
+    _send_all(server, EDGE_CASES, tally)
+    assert len(tally.sent) == len(EDGE_CASES)
+    _assert_still_serving(server, workers, sample_images)
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=BODIES // PER_EXAMPLE,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-)
-@given(batch=st.lists(cases(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
-def test_fuzzed_bodies_get_a_shaped_answer_never_a_5xx(server, batch):
-    _send_all(server, batch)
+def test_fuzzed_bodies_get_a_shaped_answer_never_a_5xx(server, sample_images):
+    """Every category is sent; the very same workers serve a good request afterwards."""
+    workers, tally = worker_fingerprint(server), Tally()
 
+    @settings(
+        max_examples=BODIES // PER_EXAMPLE,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )
+    @given(batch=st.lists(cases(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))
+    def fuzz(batch: list[Case]) -> None:
+        _send_all(server, batch, tally)
 
-@pytest.mark.slow
-def test_after_fuzzing_the_same_workers_serve_a_good_request(server, sample_images):
-    """Runs last: every category was sent, no worker was replaced, a good request succeeds."""
-    assert len(SENT) >= BODIES, len(SENT)
+    fuzz()
+    assert len(tally.sent) >= BODIES, len(tally.sent)
     categories = {
         "valid-raw",
         "valid-json",
@@ -370,11 +388,11 @@ def test_after_fuzzing_the_same_workers_serve_a_good_request(server, sample_imag
         "json-shape",
         "json-batch",
     }
-    assert categories <= set(SENT), set(SENT)
-    assert STATUSES.get(200, 0) > len(SENT) // 5 and sum(v for k, v in STATUSES.items() if 400 <= k < 500) > len(SENT) // 5, STATUSES
-    assert worker_fingerprint(server) == server.workers_at_start
-    good = server.http.post(f"{server.url}/invocations", data=sample_images["png"], headers={"Content-Type": "image/png"}, timeout=30)
-    assert good.status_code == 200 and len(good.json()["predictions"]) == 1
-    assert "Backend worker process died" not in server.log() and "Worker disconnected" not in server.log()
-    seconds = time.monotonic() - STARTED[0]
-    FIGURES["fuzz"] = {"bodies": len(SENT), "seconds": round(seconds, 1), "statuses": dict(sorted(STATUSES.items()))}
+    statuses = tally.statuses
+    assert categories <= set(tally.sent), set(tally.sent)
+    assert statuses.get(200, 0) > len(tally.sent) // 5 and sum(v for k, v in statuses.items() if 400 <= k < 500) > len(tally.sent) // 5, (
+        statuses
+    )
+    _assert_still_serving(server, workers, sample_images)
+    seconds = time.monotonic() - tally.started
+    FIGURES["fuzz"] = {"bodies": len(tally.sent), "seconds": round(seconds, 1), "statuses": dict(sorted(statuses.items()))}
