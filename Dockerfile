@@ -1,13 +1,19 @@
 # One image for SageMaker training and serving (bring your own container).
-#   docker build -t image-classifier .
-#   docker run --rm -v "$PWD/local/opt_ml:/opt/ml" image-classifier train
-#   docker run --rm -p 8080:8080 -v "$PWD/local/opt_ml:/opt/ml" image-classifier serve
+#   docker build -t image-classifier:local .
+#   docker run --rm -v "$PWD/local/opt_ml:/opt/ml" image-classifier:local train
+#   docker run --rm -p 8080:8080 -v "$PWD/local/opt_ml:/opt/ml" image-classifier:local serve
 #
-# The PyPI torch wheel (the pin in docker/requirements.lock) is a CUDA 13 build that brings its
-# own CUDA libraries: on a GPU host it needs only the NVIDIA driver (>= 580) and the NVIDIA
-# container toolkit (`docker run --gpus all`). TORCH_INDEX_URL picks another build, e.g.
-# https://download.pytorch.org/whl/cpu for a CPU-only image of ~1.5 GB instead of ~6.5 GB.
+# GPU: the PyPI torch wheel (the pin in docker/requirements.lock) is a CUDA 13 build that brings
+# its own CUDA libraries; it needs an NVIDIA driver >= 580 on the host (docs/image.md, "GPU drivers":
+# which SageMaker hosts have it). CUDA_COMPAT_IMAGE=<an NVIDIA CUDA 13 base image> also copies
+# NVIDIA's forward-compatibility libraries in, which the entrypoint selects on older drivers of
+# data-center GPUs. TORCH_INDEX_URL picks another torch build, e.g. https://download.pytorch.org/whl/cpu
+# for a CPU-only image of ~1.5 GB instead of ~7 GB.
+#
+# Targets: the default (last) stage is the production image. `local` adds the built-in sample
+# (Fashion-MNIST photos + EfficientNet-Lite0 weights, ~20 MB) that `docker compose up` trains on.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_COMPAT_IMAGE=${BASE_IMAGE}
 
 FROM ${BASE_IMAGE} AS builder
 ARG PIP_FIND_LINKS=""
@@ -26,7 +32,12 @@ RUN pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} ${TORCH_INDEX_
 COPY container/ /tmp/container/
 RUN pip install --no-deps /tmp/container && rm -rf /tmp/container
 
-FROM ${BASE_IMAGE}
+# NVIDIA's CUDA forward-compatibility libraries, where CUDA_COMPAT_IMAGE is an NVIDIA CUDA base
+# image (they live in /usr/local/cuda/compat there); an empty folder otherwise.
+FROM ${CUDA_COMPAT_IMAGE} AS cuda-compat
+RUN mkdir -p /usr/local/cuda/compat
+
+FROM ${BASE_IMAGE} AS runtime
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="image-classifier" \
       org.opencontainers.image.description="Fine-tune and serve image classifiers on Amazon SageMaker (train, serve)" \
@@ -40,6 +51,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=cuda-compat /usr/local/cuda/compat/ /usr/local/cuda/compat/
 # Weights baked in at build time (network isolation, no pretrained channel needed): the
 # build-context folder PRETRAINED_DIR holds <model>.safetensors files (deploy/ fills it for ResNet-50).
 ARG PRETRAINED_DIR=docker/pretrained
@@ -53,5 +65,25 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /opt/ml
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s CMD ["curl", "-fsS", "http://127.0.0.1:8080/ping"]
-# SageMaker runs `docker run IMAGE train` or `docker run IMAGE serve`: both are on PATH.
+# SageMaker runs `docker run IMAGE train` or `docker run IMAGE serve`: the entrypoint chooses the
+# CUDA libraries for the host's driver, then execs the command (train and serve are on PATH).
+ENTRYPOINT ["python", "-m", "image_classifier.entry"]
 CMD ["serve"]
+
+# --- the built-in sample of `docker compose up` (target `local`); never in the production image ---
+FROM builder AS sample
+ARG PIP_FIND_LINKS=""
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+ && rm -rf /var/lib/apt/lists/*
+COPY docker/sample-requirements.txt /tmp/sample-requirements.txt
+RUN pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} -r /tmp/sample-requirements.txt
+COPY local/__init__.py local/sample_data.py local/convert_weights.py /tmp/sample/local/
+WORKDIR /tmp/sample
+RUN python -m local.sample_data builtin --out /opt/sample
+
+FROM runtime AS local
+COPY --from=sample /opt/sample /opt/sample
+
+# the default target: the production image
+FROM runtime

@@ -69,4 +69,5 @@ locks: $(STAMP)
 	$(PY) -m local.lock
 
 clean:
-	rm -rf $(VENV) local/opt_ml local/weights .pytest_cache
+	rm -rf $(VENV) local/weights .pytest_cache
+	find local/opt_ml -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

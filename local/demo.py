@@ -43,13 +43,21 @@ DEMO_HYPERPARAMETERS = {
 }
 
 
+def clear(base: Path) -> None:
+    """Empty ``base`` but for its committed README."""
+    base.mkdir(parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.name != "README.md":
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def prepare(base: Path = BASE, dataset_url: str | None = None) -> Path:
     """A fresh /opt/ml-like folder: data channels, the pretrained channel, the config files.
 
     Offline sample photos by default; with ``dataset_url`` (e.g. the dog-breed ``dogImages.zip``)
     the zip's train/ valid/ test/ become one ``training`` channel, trained at 224 px.
     """
-    shutil.rmtree(base, ignore_errors=True)
+    clear(base)
     data = base / "input" / "data"
     if dataset_url:
         root = fetch_image_zip(dataset_url, base / "download")

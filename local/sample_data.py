@@ -4,8 +4,11 @@
   ``dataset-fashion-mnist`` (train/validation from the official training split, disjoint;
   test from the official test split).
 - ``digits``: scikit-learn's 1,797 digit scans, instant; for the fastest tests.
+- ``builtin``: the sample baked into the compose image (Dockerfile target ``local``): a small
+  Fashion-MNIST subset, EfficientNet-Lite0 ImageNet weights and the hyperparameters that fit them.
 
-    python -m local.sample_data fashion --base local/opt_ml --train-per-class 300
+    python -m local.sample_data fashion --out local/data/fashion --train-per-class 300
+    python -m local.sample_data builtin --out /opt/sample
 """
 
 from __future__ import annotations
@@ -124,6 +127,30 @@ def fetch_image_zip(url: str, dest: Path) -> Path:
     raise SystemExit(f"{url} holds no folder with train/ and valid/ inside")
 
 
+# What `docker compose up` trains on a fresh clone: small enough for a CPU in well under a minute.
+BUILTIN_HYPERPARAMETERS = {
+    "model": "tf_efficientnet_lite0",
+    "pretrained": "true",
+    "image_size": "64",
+    "epochs": "3",
+    "batch_size": "50",
+    "lr": "0.003",
+    "backbone_lr_mult": "0.3",
+    "log_interval": "5",
+    "num_workers": "1",
+}
+
+
+def write_builtin(dest: Path) -> Path:
+    """``dest/data/{train,validation,test}``, ``dest/pretrained/*.safetensors``, ``dest/hyperparameters.json``."""
+    from local.convert_weights import MODEL, convert
+
+    write_fashion(dest / "data", train_per_class=50, valid_per_class=15, test_per_class=20, seed=5)
+    convert(dest / "pretrained" / f"{MODEL}.safetensors")
+    (dest / "hyperparameters.json").write_text(json.dumps(BUILTIN_HYPERPARAMETERS, indent=2) + "\n")
+    return dest
+
+
 def write_config(base: Path, hyperparameters: dict[str, object], channels: list[str], hosts: tuple[str, ...] = ("algo-1",)) -> Path:
     """Write /opt/ml/input/config as SageMaker does for a training job (every value a string)."""
     config = base / "input" / "config"
@@ -153,14 +180,16 @@ def write_job(base: Path, data: Path, hyperparameters: dict[str, object], hosts:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=("fashion", "digits"))
+    parser.add_argument("dataset", choices=("fashion", "digits", "builtin"))
     parser.add_argument("--out", type=Path, required=True, help="folder to write train/ validation/ test/ into")
     parser.add_argument("--train-per-class", type=int, default=300)
     parser.add_argument("--valid-per-class", type=int, default=50)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.dataset == "fashion":
+    if args.dataset == "builtin":
+        write_builtin(args.out)
+    elif args.dataset == "fashion":
         write_fashion(args.out, args.train_per_class, args.valid_per_class, args.test_per_class, seed=args.seed)
     else:
         write_digits(args.out, seed=args.seed)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from local.sample_data import write_config
+from local.sample_data import FASHION_CLASSES, write_config
+from tests.container.conftest import BUILD_FACTS
 from tests.helpers import DIGITS_HPS, REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
@@ -104,26 +107,67 @@ def test_serve_answers_and_stops_cleanly(engine, image, digits_job, sample_image
         engine.docker("rm", "-f", container, check=False)
 
 
-def test_compose_trains_then_serves(engine, image, tmp_path, digits_data, sample_images):
-    project = tmp_path / "project"
-    project.mkdir()
-    for name in ("docker-compose.yml", "docker-compose.cpu.yml"):
-        shutil.copy(REPO_ROOT / name, project / name)
-    (project / "Dockerfile").write_text("FROM scratch\n")  # never built: the image exists
-    opt_ml = _job(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "1"})
-    (project / "local").mkdir()
-    shutil.move(str(opt_ml), project / "local" / "opt_ml")
-    compose = ["compose", "-p", "ictest", "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
+def _clean_copy(dest: Path) -> Path:
+    """The repository as a fresh clone has it: tracked and unignored files only (no local/opt_ml data, no .venv)."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True
+    ).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
+
+
+def test_compose_up_on_a_fresh_clone_trains_the_built_in_sample_and_serves(engine, image, build_args, tmp_path):
+    """No step before ``docker compose up``: it builds the compose image, trains on the sample, serves."""
+    project = _clean_copy(tmp_path / "clone")
+    opt_ml = project / "local" / "opt_ml"
+    assert sorted(p.name for p in opt_ml.iterdir()) == ["README.md"]
+    os.chown(opt_ml, 4321, 4321)  # the user who cloned it (the tests run as root)
+    given = dict(arg.split("=", 1) for arg in build_args if "=" in arg)
+    env = {**engine.env, "IC_BASE_IMAGE": given["BASE_IMAGE"], "IC_PIP_FIND_LINKS": given["PIP_FIND_LINKS"]}
+    compose = ["docker", "compose", "-p", "icfresh"]
     try:
-        engine.docker(*compose, "up", "-d", "--no-build", cwd=project, timeout=900)
+        subprocess.run([*compose, "up", "-d"], cwd=project, env=env, check=True, capture_output=True, timeout=1800)
         _wait_ping("http://127.0.0.1:8080", timeout=600)
-        train_state = engine.docker(*compose, "ps", "-a", "--format", "json", "train", cwd=project).stdout
-        assert '"ExitCode":0' in train_state.replace(" ", "")
-        response = requests.post(
-            "http://127.0.0.1:8080/invocations", data=sample_images["png"], headers={"Content-Type": "image/png"}, timeout=30
-        )
-        assert response.status_code == 200 and "predictions" in response.json()
-        assert (project / "local" / "opt_ml" / "model" / "model.safetensors").exists()
+        logs = subprocess.run([*compose, "logs", "train"], cwd=project, env=env, capture_output=True, text=True).stdout
+        assert "event=sample_seeded source=/opt/sample" in logs and "event=final" in logs, logs[-3000:]
+        photo = next((opt_ml / "input" / "data" / "test" / "sneaker").glob("*.png")).read_bytes()
+        response = requests.post("http://127.0.0.1:8080/invocations", data=photo, headers={"Content-Type": "image/png"}, timeout=30)
+        assert response.status_code == 200 and response.json()["predictions"][0]["label"] in FASHION_CLASSES
+        written = [p for p in opt_ml.rglob("*") if p.name != "README.md"]
+        assert (opt_ml / "model" / "model.safetensors") in written
+        assert {p.stat().st_uid for p in written} == {4321}  # handed back: `make local-data` as the user can remove them
     finally:
-        engine.docker(*compose, "down", "--remove-orphans", cwd=project, check=False, timeout=300)
-    assert engine.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=ictest").stdout.strip() == ""
+        subprocess.run([*compose, "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300)
+    assert engine.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=icfresh").stdout.strip() == ""
+    sizes = {
+        tag: int(engine.docker("image", "inspect", tag, "--format", "{{.Size}}").stdout) for tag in (image, "image-classifier:compose")
+    }
+    BUILD_FACTS["compose_image_extra_mb"] = round((sizes["image-classifier:compose"] - sizes[image]) / 1e6, 1)
+    assert sizes["image-classifier:compose"] - sizes[image] < 30e6  # the sample adds ~20 MB, to the compose image only
+    assert engine.docker("run", "--rm", "--entrypoint", "ls", image, "/opt").stdout.split() == ["pretrained", "venv"]
+
+
+def test_train_and_serve_refuse_a_gpu_they_cannot_use(engine, image, tmp_path, digits_data, digits_job):
+    """A GPU is expected (SM_NUM_GPUS, or an NVIDIA device node) and CUDA cannot be used: stop, never the CPU."""
+    base = _job(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "1"})
+    device = ["--device", "/dev/null:/dev/nvidia0"]  # a device node and no driver: what a broken host shows
+    trained = engine.docker(
+        "run", "--rm", *device, "-e", "SM_NUM_GPUS=1", "-v", f"{base}:/opt/ml", image, "train", check=False, timeout=300
+    )
+    assert trained.returncode == 1, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert "event=cuda_host mode=unusable driver=none" in trained.stderr
+    reason = (base / "output" / "failure").read_text()
+    assert reason.startswith(
+        "a GPU is expected (SM_NUM_GPUS=1) but CUDA cannot be used: 1 NVIDIA device(s) visible but no NVIDIA driver"
+    ), reason
+    assert not (base / "model" / "model.safetensors").exists()
+
+    model = tmp_path / "serve" / "model"
+    shutil.copytree(digits_job[0] / "model", model)
+    served = engine.docker("run", "--rm", *device, "-v", f"{model.parent}:/opt/ml:ro", image, "serve", check=False, timeout=120)
+    assert served.returncode == 1
+    assert "event=serve_failed reason=a_GPU_is_expected_(NVIDIA_device(s)_visible:_/dev/nvidia0)" in served.stdout + served.stderr

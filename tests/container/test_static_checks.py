@@ -38,15 +38,30 @@ def test_every_shell_script_passes_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
-@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.cpu.yml"]])
-def test_compose_files_are_valid(files):
-    args = [a for f in files for a in ("-f", f)]
-    result = _run(str(COMPOSE), *args, "config", "--format", "json")
+@pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.gpu.yml"])
+def test_compose_files_are_valid(file):
+    result = _run(str(COMPOSE), "-f", file, "config", "--format", "json")
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)
     train, serve = config["services"]["train"], config["services"]["serve"]
     assert serve["depends_on"]["train"]["condition"] == "service_completed_successfully"
     assert serve["ports"][0]["host_ip"] == "127.0.0.1" and serve["ports"][0]["target"] == 8080
     assert any(v["target"] == "/opt/ml" for v in train["volumes"])
-    gpu = "deploy" in train and "nvidia" in json.dumps(train["deploy"])
-    assert gpu == (files == ["docker-compose.yml"])  # the CPU override drops the reservation
+    assert train["build"]["target"] == "local" and train["image"] == serve["image"] == "image-classifier:compose"
+    assert train["environment"]["IMAGE_CLASSIFIER_SAMPLE_DIR"] == "/opt/sample"  # compose asks for the sample, nothing else does
+    gpu = all("deploy" in s and "nvidia" in json.dumps(s["deploy"]) for s in (train, serve))
+    assert gpu == (file == "docker-compose.gpu.yml")  # one flag adds the GPUs; the default runs anywhere
+
+
+def test_the_sample_weights_package_is_pinned_as_in_the_test_lock():
+    pinned = next(
+        line for line in (REPO_ROOT / "tests" / "requirements.lock").read_text().splitlines() if line.startswith("efficientnet-lite0")
+    )
+    sample = [line for line in (REPO_ROOT / "docker" / "sample-requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert sample == [pinned]
+
+
+def test_the_default_build_target_is_the_production_image():
+    stages = [line.split() for line in (REPO_ROOT / "Dockerfile").read_text().splitlines() if line.startswith("FROM ")]
+    assert stages[-1] == ["FROM", "runtime"]  # no sample, whatever stages come before
+    assert ["FROM", "runtime", "AS", "local"] in stages

@@ -95,3 +95,20 @@ def test_unresolvable_peer_hosts_fail_after_the_timeout(tmp_path, digits_data):
         env={"IMAGE_CLASSIFIER_HOST_WAIT_SECONDS": "3", "SM_CURRENT_HOST": "algo-1"},
     )
     assert "event=launch" not in result.stdout
+
+
+def test_a_gpu_job_without_usable_cuda_stops_at_once_instead_of_training_on_the_cpu(tmp_path, digits_data):
+    """This machine has no GPU: a job told it has one (SM_NUM_GPUS) must refuse, not fall back."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a usable GPU is present: the refusal cannot be provoked here")
+    gpu = {"SM_NUM_GPUS": "1"}
+    result = _expect_failure(
+        tmp_path / "job", digits_data, DIGITS_HPS, ["a GPU is expected (SM_NUM_GPUS=1) but CUDA cannot be used"], env=gpu
+    )
+    assert "event=start" not in result.stdout  # stopped before any data was read or model built
+    # allowed: it passes the gate and starts on the CPU (then stops at the empty data channel, quickly)
+    allowed = run_train(tmp_path / "allowed", None, DIGITS_HPS, env={**gpu, "IMAGE_CLASSIFIER_ALLOW_CPU": "true"})
+    assert "event=cpu_fallback reason=allowed expected=SM_NUM_GPUS=1" in allowed.stdout
+    assert "device=cpu" in allowed.stdout and "no 'train' channel" in failure_reason(tmp_path / "allowed")

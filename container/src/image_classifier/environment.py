@@ -55,6 +55,7 @@ class TrainingEnvironment:
     model_dir: Path  # SM_MODEL_DIR, else <base>/model
     output_data_dir: Path  # SM_OUTPUT_DATA_DIR, else <base>/output/data
     network_interface_name: str | None = None  # resourceconfig.json: the interface between hosts
+    instance_type: str | None = None  # resourceconfig.json's current_instance_type (absent in local runs)
     input_data_config: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -127,5 +128,6 @@ class TrainingEnvironment:
             model_dir=Path(env.get(params.SM_MODEL_DIR_ENV) or base / params.MODEL_DIR),
             output_data_dir=Path(env.get(params.SM_OUTPUT_DATA_DIR_ENV) or base / params.OUTPUT_DATA_DIR),
             network_interface_name=resource.get("network_interface_name") or None,
+            instance_type=resource.get("current_instance_type") or None,
             input_data_config=MappingProxyType(data_config),
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from image_classifier import params
+from image_classifier import gpu_host, params
 from image_classifier.data.presets import DataConfig, eval_transform
 from image_classifier.errors import UserError
 from image_classifier.modeling.factory import build_architecture
@@ -24,6 +24,17 @@ from image_classifier.serving.artifact import check_artifact
 
 log = logging.getLogger(__name__)
 MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``centre_bounded``)
+
+
+def serving_device() -> torch.device:
+    """CUDA when usable; the CPU only where no GPU is expected or ``IMAGE_CLASSIFIER_ALLOW_CPU`` says so."""
+    count, why_not = gpu_host.torch_cuda()
+    if count:
+        return torch.device("cuda")
+    facts = gpu_host.read_host()
+    if reason := gpu_host.cuda_refusal(gpu_host.gpu_expected(facts, {}), False, facts, os.environ, why_not):
+        raise UserError(reason)
+    return torch.device("cpu")
 
 
 class LoadedModel:
@@ -41,7 +52,7 @@ class LoadedModel:
             model.load_state_dict(load_file(str(weights)))
         except RuntimeError as exc:
             raise UserError(f"weights do not fit {self.card.architecture}: {str(exc)[:300]}") from None
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = serving_device()
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
         data_config = DataConfig(**self.card.preprocessing.model_dump())

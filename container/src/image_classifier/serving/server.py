@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from image_classifier import params
+from image_classifier import gpu_host, params
 from image_classifier.errors import UserError
 from image_classifier.logs import setup_logging
 from image_classifier.serving.artifact import check_artifact
@@ -102,10 +102,24 @@ async def serve(config: ServingConfig) -> int:
     return code
 
 
+def refuse_unusable_gpu() -> None:
+    """A serving container is not told its instance type: visible NVIDIA devices say a GPU is expected.
+
+    Checked here from the driver alone (no torch in this process); the workers check CUDA itself."""
+    import os
+
+    facts = gpu_host.read_host()
+    decision = gpu_host.decide(facts)
+    expected = gpu_host.gpu_expected(facts, {})
+    if decision.mode == "unusable" and (reason := gpu_host.cuda_refusal(expected, False, facts, os.environ)):
+        raise UserError(reason)
+
+
 def cli() -> None:
     setup_logging()
     try:
         config = ServingConfig.from_env()
+        refuse_unusable_gpu()
         if not config.multi_model:
             check_artifact(config.model_dir)
     except UserError as exc:

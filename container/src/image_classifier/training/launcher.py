@@ -22,7 +22,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from image_classifier import params
+from image_classifier import gpu_host, local_run, params
 from image_classifier.environment import TrainingEnvironment
 from image_classifier.errors import UserError
 from image_classifier.hyperparameters import SECTIONS, Hyperparameters
@@ -83,6 +83,23 @@ def socket_interface_variables(env: TrainingEnvironment, environ: dict[str, str]
     return {name: env.network_interface_name for name in names if name not in environ}
 
 
+def usable_gpus(env: TrainingEnvironment) -> int:
+    """GPUs this job trains on; a ``UserError`` when a GPU is expected and CUDA cannot be used.
+
+    Never a silent CPU fallback on a billed GPU instance: only ``IMAGE_CLASSIFIER_ALLOW_CPU=true``
+    runs such a job on the CPU (one process, as on a CPU instance)."""
+    facts = gpu_host.read_host()
+    expected = gpu_host.gpu_expected(facts, os.environ, env.instance_type)
+    if expected is None:
+        return env.num_gpus
+    count, why_not = gpu_host.torch_cuda()
+    if reason := gpu_host.cuda_refusal(expected, count > 0, facts, os.environ, why_not):
+        raise UserError(reason)
+    if count == 0:
+        log.warning(format_line("cpu_fallback", reason="allowed", expected=expected.replace(" ", "_")))
+    return env.num_gpus if count else 0
+
+
 def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> int:
     from image_classifier.training.distributed import wait_for_hosts
 
@@ -121,15 +138,28 @@ def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> in
 
 
 def run(argv: list[str]) -> int:
-    env = None
+    """The job, then (one process per host) files under a user's bind-mounted folder handed back to them."""
     is_worker = "LOCAL_RANK" in os.environ
+    base = Path(os.environ.get(params.BASE_DIR_ENV) or params.DEFAULT_BASE_DIR)
     try:
+        return _run(argv, base, is_worker)
+    finally:
+        if not is_worker:
+            local_run.hand_back(base)
+
+
+def _run(argv: list[str], base: Path, is_worker: bool) -> int:
+    env = None
+    try:
+        if not is_worker:
+            local_run.seed_sample(base, os.environ)
         env = TrainingEnvironment.from_env()
         if not is_worker:
             env.failure_file.unlink(missing_ok=True)
         overrides = {k: str(v) for k, v in vars(get_args_parser().parse_args(argv)).items()}
         hp = Hyperparameters.from_strings({**env.hyperparameters, **overrides})
-        procs = hp.processes_per_host or max(1, env.num_gpus)
+        gpus = env.num_gpus if is_worker else usable_gpus(env)
+        procs = hp.processes_per_host or max(1, gpus)
         if not is_worker and procs * len(env.hosts) > 1:
             code = launch_torchrun(env, procs, argv)
             if code not in (0, EXIT_INTERRUPTED, -signal.SIGTERM):
