@@ -12,7 +12,7 @@ PYTEST := $(VENV)/bin/pytest
 
 venv: $(STAMP)
 
-$(STAMP): $(LOCKS) container/pyproject.toml
+$(STAMP): $(LOCKS) container/pyproject.toml | system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(foreach l,$(LOCKS),-r $(l))
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e container/
@@ -31,10 +31,12 @@ $(WEIGHTS): $(STAMP)
 demo: system-deps $(STAMP) $(WEIGHTS)
 	$(PY) -m local.demo
 
-# the one data step before `docker compose up`: ./local/opt_ml as /opt/ml
-# (offline sample photos; `make local-data DATASET_URL=<dogImages.zip URL>` for the dog-breed set)
-local-data: system-deps $(STAMP) $(WEIGHTS)
-	$(PY) -m local.demo --prepare-only $(if $(DATASET_URL),--dataset-url $(DATASET_URL))
+# ./local/opt_ml as /opt/ml, for docker compose, SageMaker local mode and `train` on this machine:
+#   make local-data                       the offline sample photos (what `make demo` trains on)
+#   make local-data DATA=~/photos         your folder of class folders (split 80/10/10) or train/ valid/ [test/] folders
+#   make local-data DATA=<URL of a zip>   e.g. the dog-breed dogImages.zip
+local-data: $(STAMP) $(WEIGHTS)
+	$(PY) -m local.demo --prepare-only $(if $(DATA),--data "$(DATA)")
 
 test: system-deps-test $(STAMP) lint
 	$(PYTEST) -m "not gpu" tests

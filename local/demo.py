@@ -22,11 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-from local.sample_data import fetch_image_zip, write_config, write_fashion
+from local.sample_data import write_config, write_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "local" / "opt_ml"
 WEIGHTS = ROOT / "local" / "weights" / "tf_efficientnet_lite0.safetensors"
+PREPARED = ROOT / "local" / "data" / "prepared"  # deploy's data step works here (split links, downloads)
 
 # The demo's configuration; tests/contract/test_transfer_learning.py asserts it reaches >= 85 %.
 DEMO_HYPERPARAMETERS = {
@@ -51,38 +52,52 @@ def clear(base: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def prepare(base: Path = BASE, dataset_url: str | None = None) -> Path:
+def prepare(base: Path = BASE, data: str | None = None) -> Path:
     """A fresh /opt/ml-like folder: data channels, the pretrained channel, the config files.
 
-    Offline sample photos by default; with ``dataset_url`` (e.g. the dog-breed ``dogImages.zip``)
-    the zip's train/ valid/ test/ become one ``training`` channel, trained at 224 px.
+    Offline sample photos by default. With ``data`` (a folder of class folders, train/ valid/
+    [test/] folders, a zip or a zip URL such as the dog-breed ``dogImages.zip``), deploy's data
+    step splits and checks it exactly as before an upload, and its readable images become the
+    channels (hard links where the file system allows), trained at 224 px.
     """
     clear(base)
-    data = base / "input" / "data"
-    if dataset_url:
-        root = fetch_image_zip(dataset_url, base / "download")
-        shutil.move(str(root), data / "training")
-        shutil.rmtree(base / "download", ignore_errors=True)
-        channels, hyperparameters = ["training"], {**DEMO_HYPERPARAMETERS, "image_size": "224"}
+    channels_dir = base / "input" / "data"
+    if data:
+        from deploy.data import prepare as split_and_check
+
+        prepared = split_and_check(data, PREPARED)
+        for channel, files in prepared.files.items():
+            for path in files:
+                _link_or_copy(path, channels_dir / channel / path.relative_to(prepared.channels[channel]))
+        channels, hyperparameters = list(prepared.files), {**DEMO_HYPERPARAMETERS, "image_size": "224"}
+        print(f"{len(prepared.classes)} classes, " + ", ".join(f"{n} {c}" for c, n in prepared.counts.items()), flush=True)
     else:
-        write_fashion(data, train_per_class=200, valid_per_class=40, test_per_class=100, seed=1)
+        write_fashion(channels_dir, train_per_class=200, valid_per_class=40, test_per_class=100, seed=1)
         channels, hyperparameters = ["train", "validation", "test"], DEMO_HYPERPARAMETERS
-    (data / "pretrained").mkdir(parents=True)
-    shutil.copy(WEIGHTS, data / "pretrained" / WEIGHTS.name)
+    (channels_dir / "pretrained").mkdir(parents=True)
+    shutil.copy(WEIGHTS, channels_dir / "pretrained" / WEIGHTS.name)
     write_config(base, hyperparameters, [*channels, "pretrained"])
     return base
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare-only", action="store_true", help="only write local/opt_ml (the data step before docker compose up)")
-    parser.add_argument("--dataset-url", help="a zip of train/ valid/ test/ class folders, e.g. the dog-breed dogImages.zip")
+    parser.add_argument("--data", help="your images: a folder of class folders, train/ valid/ [test/] folders, a zip or a zip URL")
     args = parser.parse_args()
-    if args.dataset_url and not args.prepare_only:
-        parser.error("--dataset-url prepares local/opt_ml for docker compose / local mode: use it with --prepare-only")
-    base = prepare(dataset_url=args.dataset_url)
+    if args.data and not args.prepare_only:
+        parser.error("--data prepares local/opt_ml for docker compose / local mode / train: use it with --prepare-only")
+    base = prepare(data=args.data)
     if args.prepare_only:
-        print(f"wrote {base} (data channels, pretrained channel, config); next: docker compose up")
+        print(f"wrote {base} (data channels, pretrained channel, config); next: docker compose up, or SageMaker local mode")
         return
     print(f"== data: {base / 'input' / 'data'} (Fashion-MNIST, 2,000 train / 400 validation / 1,000 test images)")
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

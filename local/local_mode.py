@@ -5,7 +5,11 @@ The same calls as on AWS, run by ``LocalSession`` with Docker on this machine: `
 a Docker network. Local mode publishes the endpoint on port 8080 of every interface (its own
 behaviour).
 
-    python -m local.local_mode --image image-classifier:local --data local/opt_ml/input/data
+    python -m local.local_mode          # image-classifier:local on ./local/opt_ml (make local-data), 1 instance
+
+Defaults train out of the box on what ``make local-data`` wrote: its channels and its
+``hyperparameters.json`` (EfficientNet-Lite0 with its ImageNet weights in the ``pretrained``
+channel). A ``pretrained`` channel that holds no weights for the model asked for is left out.
 """
 
 from __future__ import annotations
@@ -51,9 +55,26 @@ def train(image: str, data: Path, output: Path, hyperparameters: dict[str, str],
         metric_definitions=metric_definitions(),
         sagemaker_session=session,
     )
-    channels = {p.name: f"file://{p.resolve()}" for p in sorted(data.iterdir()) if p.is_dir()}
-    estimator.fit(channels, wait=True, logs=True)
+    estimator.fit(channels_for(data, hyperparameters.get("model", "resnet50")), wait=True, logs=True)
     return estimator
+
+
+def channels_for(data: Path, model: str) -> dict[str, str]:
+    """Every channel folder of ``data``; ``pretrained`` only when it holds the weights of ``model``."""
+    from image_classifier.modeling.weights_io import safe_name
+
+    channels = {p.name: f"file://{p.resolve()}" for p in sorted(data.iterdir()) if p.is_dir()}
+    weights = data / "pretrained"
+    if "pretrained" in channels and not any(p.stem == safe_name(model) for p in weights.iterdir()):
+        print(f"local_mode: pretrained channel left out: {weights} holds no weights for {model}", flush=True)
+        del channels["pretrained"]
+    return channels
+
+
+def default_hyperparameters(data: Path) -> dict[str, str]:
+    """The hyperparameters ``make local-data`` wrote beside ``data``, else one epoch of the defaults."""
+    written = data.parent / "config" / "hyperparameters.json"
+    return json.loads(written.read_text()) if written.is_file() else {"epochs": "1"}
 
 
 def deploy_and_predict(estimator, instance_type: str, image_bytes: bytes, content_type: str = "image/png") -> dict:
@@ -74,10 +95,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("local/local_mode_output"))
     parser.add_argument("--instance-type", default="local", choices=("local", "local_gpu"))
     parser.add_argument("--instance-count", type=int, default=1)
-    parser.add_argument("--hyperparameters", default='{"epochs": "1"}', help="JSON object")
+    parser.add_argument("--hyperparameters", default=None, help="JSON object (default: <data>/../config/hyperparameters.json)")
     parser.add_argument("--sample", type=Path, help="image to predict (default: the first test image)")
     args = parser.parse_args()
-    estimator = train(args.image, args.data, args.output, json.loads(args.hyperparameters), args.instance_type, args.instance_count)
+    hyperparameters = json.loads(args.hyperparameters) if args.hyperparameters else default_hyperparameters(args.data)
+    estimator = train(args.image, args.data, args.output, hyperparameters, args.instance_type, args.instance_count)
     sample = args.sample or sorted((args.data / "test").rglob("*.png"))[0]
     answer = deploy_and_predict(estimator, args.instance_type, sample.read_bytes())
     print(json.dumps(answer["predictions"][0]["top_k"], indent=2))

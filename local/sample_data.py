@@ -98,35 +98,6 @@ def write_digits(
     return dest
 
 
-def fetch_image_zip(url: str, dest: Path) -> Path:
-    """Download a zip of class folders (e.g. the dog-breed ``dogImages.zip``) and unpack it safely.
-
-    Returns the folder that holds ``train/`` and ``valid/`` (or ``validation/``). Members that
-    would land outside ``dest`` (absolute paths, ``..``) are refused.
-    """
-    import shutil
-    import tempfile
-    import urllib.request
-    import zipfile
-
-    dest.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(suffix=".zip") as download:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, download)
-        download.flush()
-        with zipfile.ZipFile(download.name) as archive:
-            root = dest.resolve()
-            for member in archive.namelist():
-                target = (dest / member).resolve()
-                if root != target and root not in target.parents:
-                    raise SystemExit(f"refusing zip member outside the destination: {member}")
-            archive.extractall(dest)
-    for candidate in sorted({p.parent for p in dest.rglob("train") if p.is_dir()}, key=lambda p: len(p.parts)):
-        if (candidate / "valid").is_dir() or (candidate / "validation").is_dir():
-            return candidate
-    raise SystemExit(f"{url} holds no folder with train/ and valid/ inside")
-
-
 # What `docker compose up` trains on a fresh clone: small enough for a CPU in well under a minute.
 BUILTIN_HYPERPARAMETERS = {
     "model": "tf_efficientnet_lite0",
