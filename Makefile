@@ -32,7 +32,7 @@ demo: system-deps $(STAMP) $(WEIGHTS)
 	$(PY) -m local.demo
 
 # ./local/opt_ml as /opt/ml, for docker compose, SageMaker local mode and `train` on this machine:
-#   make local-data                       the offline sample photos (what `make demo` trains on)
+#   make local-data                       the small offline sample (the compose image's: 850 photos, seconds to train)
 #   make local-data DATA=~/photos         your folder of class folders (split 80/10/10) or train/ valid/ [test/] folders
 #   make local-data DATA=<URL of a zip>   e.g. the dog-breed dogImages.zip
 local-data: $(STAMP) $(WEIGHTS)

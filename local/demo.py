@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from local.sample_data import write_config, write_fashion
+from local.sample_data import BUILTIN_HYPERPARAMETERS, BUILTIN_SIZES, write_config, write_fashion
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "local" / "opt_ml"
@@ -52,10 +52,11 @@ def clear(base: Path) -> None:
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
 
 
-def prepare(base: Path = BASE, data: str | None = None) -> Path:
+def prepare(base: Path = BASE, data: str | None = None, *, small: bool = False) -> Path:
     """A fresh /opt/ml-like folder: data channels, the pretrained channel, the config files.
 
-    Offline sample photos by default. With ``data`` (a folder of class folders, train/ valid/
+    Offline sample photos by default: the demo's 2,000, or with ``small`` the compose image's
+    built-in sample (500 photos, 3 epochs at 64 px: a training run of seconds). With ``data`` (a folder of class folders, train/ valid/
     [test/] folders, a zip or a zip URL such as the dog-breed ``dogImages.zip``), deploy's data
     step splits and checks it exactly as before an upload, and its readable images become the
     channels (hard links where the file system allows), trained at 224 px.
@@ -65,12 +66,16 @@ def prepare(base: Path = BASE, data: str | None = None) -> Path:
     if data:
         from deploy.data import prepare as split_and_check
 
-        prepared = split_and_check(data, PREPARED)
+        source = data if "://" in data else str(Path(data).expanduser())
+        prepared = split_and_check(source, PREPARED)
         for channel, files in prepared.files.items():
             for path in files:
                 _link_or_copy(path, channels_dir / channel / path.relative_to(prepared.channels[channel]))
         channels, hyperparameters = list(prepared.files), {**DEMO_HYPERPARAMETERS, "image_size": "224"}
         print(f"{len(prepared.classes)} classes, " + ", ".join(f"{n} {c}" for c, n in prepared.counts.items()), flush=True)
+    elif small:
+        write_fashion(channels_dir, **BUILTIN_SIZES)
+        channels, hyperparameters = ["train", "validation", "test"], BUILTIN_HYPERPARAMETERS
     else:
         write_fashion(channels_dir, train_per_class=200, valid_per_class=40, test_per_class=100, seed=1)
         channels, hyperparameters = ["train", "validation", "test"], DEMO_HYPERPARAMETERS
@@ -95,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.data and not args.prepare_only:
         parser.error("--data prepares local/opt_ml for docker compose / local mode / train: use it with --prepare-only")
-    base = prepare(data=args.data)
+    base = prepare(data=args.data, small=args.prepare_only)
     if args.prepare_only:
         print(f"wrote {base} (data channels, pretrained channel, config); next: docker compose up, or SageMaker local mode")
         return

@@ -100,8 +100,10 @@ def main() -> None:
     args = parser.parse_args()
     hyperparameters = json.loads(args.hyperparameters) if args.hyperparameters else default_hyperparameters(args.data)
     estimator = train(args.image, args.data, args.output, hyperparameters, args.instance_type, args.instance_count)
-    sample = args.sample or sorted((args.data / "test").rglob("*.png"))[0]
-    answer = deploy_and_predict(estimator, args.instance_type, sample.read_bytes())
+    held_out = args.data / "test" if (args.data / "test").is_dir() else args.data / "validation"
+    sample = args.sample or sorted(p for p in held_out.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))[0]
+    content_type = "image/png" if sample.suffix.lower() == ".png" else "image/jpeg"
+    answer = deploy_and_predict(estimator, args.instance_type, sample.read_bytes(), content_type)
     print(json.dumps(answer["predictions"][0]["top_k"], indent=2))
 
 

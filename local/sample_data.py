@@ -112,11 +112,14 @@ BUILTIN_HYPERPARAMETERS = {
 }
 
 
+BUILTIN_SIZES = {"train_per_class": 50, "valid_per_class": 15, "test_per_class": 20, "seed": 5}
+
+
 def write_builtin(dest: Path) -> Path:
     """``dest/data/{train,validation,test}``, ``dest/pretrained/*.safetensors``, ``dest/hyperparameters.json``."""
     from local.convert_weights import MODEL, convert
 
-    write_fashion(dest / "data", train_per_class=50, valid_per_class=15, test_per_class=20, seed=5)
+    write_fashion(dest / "data", **BUILTIN_SIZES)
     convert(dest / "pretrained" / f"{MODEL}.safetensors")
     (dest / "hyperparameters.json").write_text(json.dumps(BUILTIN_HYPERPARAMETERS, indent=2) + "\n")
     return dest

@@ -85,6 +85,23 @@ def run_train(
     )
 
 
+def fresh_copy(dest: Path, *, with_venv: bool = False) -> Path:
+    """The repository as a fresh clone has it: tracked and unignored files (modes and times kept).
+
+    ``with_venv`` links this checkout's ``.venv`` in, so that ``make`` finds it installed."""
+    listed = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True
+    ).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    if with_venv:
+        (dest / ".venv").symlink_to(REPO_ROOT / ".venv")
+    return dest
+
+
 def failure_reason(base: Path) -> str:
     return (base / "output" / "failure").read_text().strip()
 

@@ -14,7 +14,8 @@ import requests
 
 from local.sample_data import FASHION_CLASSES, write_config
 from tests.container.conftest import BUILD_FACTS
-from tests.helpers import DIGITS_HPS, REPO_ROOT, free_port
+from tests.helpers import DIGITS_HPS, REPO_ROOT, free_port, fresh_copy
+from tests.readme import script
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -107,41 +108,31 @@ def test_serve_answers_and_stops_cleanly(engine, image, digits_job, sample_image
         engine.docker("rm", "-f", container, check=False)
 
 
-def _clean_copy(dest: Path) -> Path:
-    """The repository as a fresh clone has it: tracked and unignored files only (no local/opt_ml data, no .venv)."""
-    listed = subprocess.run(
-        ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"], capture_output=True, check=True
-    ).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    return dest
-
-
 def test_compose_up_on_a_fresh_clone_trains_the_built_in_sample_and_serves(engine, image, build_args, tmp_path):
-    """No step before ``docker compose up``: it builds the compose image, trains on the sample, serves."""
-    project = _clean_copy(tmp_path / "clone")
+    """The README's "compose" block, as written, in a fresh copy: build, train the built-in sample, serve, query."""
+    project = fresh_copy(tmp_path / "clone")
     opt_ml = project / "local" / "opt_ml"
     assert sorted(p.name for p in opt_ml.iterdir()) == ["README.md"]
     os.chown(opt_ml, 4321, 4321)  # the user who cloned it (the tests run as root)
     given = dict(arg.split("=", 1) for arg in build_args if "=" in arg)
-    env = {**engine.env, "IC_BASE_IMAGE": given["BASE_IMAGE"], "IC_PIP_FIND_LINKS": given["PIP_FIND_LINKS"]}
-    compose = ["docker", "compose", "-p", "icfresh"]
+    env = {
+        **engine.env,
+        "COMPOSE_PROJECT_NAME": "icfresh",
+        "IC_BASE_IMAGE": given["BASE_IMAGE"],
+        "IC_PIP_FIND_LINKS": given["PIP_FIND_LINKS"],
+    }
     try:
-        subprocess.run([*compose, "up", "-d"], cwd=project, env=env, check=True, capture_output=True, timeout=1800)
-        _wait_ping("http://127.0.0.1:8080", timeout=600)
-        logs = subprocess.run([*compose, "logs", "train"], cwd=project, env=env, capture_output=True, text=True).stdout
-        assert "event=sample_seeded source=/opt/sample" in logs and "event=final" in logs, logs[-3000:]
-        photo = next((opt_ml / "input" / "data" / "test" / "sneaker").glob("*.png")).read_bytes()
-        response = requests.post("http://127.0.0.1:8080/invocations", data=photo, headers={"Content-Type": "image/png"}, timeout=30)
-        assert response.status_code == 200 and response.json()["predictions"][0]["label"] in FASHION_CLASSES
-        written = [p for p in opt_ml.rglob("*") if p.name != "README.md"]
-        assert (opt_ml / "model" / "model.safetensors") in written
-        assert {p.stat().st_uid for p in written} == {4321}  # handed back: `make local-data` as the user can remove them
+        ran = subprocess.run(["bash", "-c", script("compose")], cwd=project, env=env, capture_output=True, text=True, timeout=1800)
+        assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     finally:
-        subprocess.run([*compose, "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300)
+        subprocess.run(["docker", "compose", "down", "--remove-orphans"], cwd=project, env=env, capture_output=True, timeout=300)
+    answer = json.loads(ran.stdout.strip().splitlines()[-1])  # local/invoke.sh's answer
+    assert answer["predictions"][0]["label"] in FASHION_CLASSES and len(answer["predictions"][0]["top_k"]) == 5
+    seeded = sorted(p.name for p in (opt_ml / "input" / "data" / "train").iterdir())
+    assert seeded == sorted(FASHION_CLASSES)  # the built-in sample, copied in because ./local/opt_ml held no data
+    written = [p for p in opt_ml.rglob("*") if p.name != "README.md"]
+    assert (opt_ml / "model" / "model.safetensors") in written
+    assert {p.stat().st_uid for p in written} == {4321}  # handed back: `make local-data` as the user can remove them
     assert engine.docker("ps", "-aq", "--filter", "label=com.docker.compose.project=icfresh").stdout.strip() == ""
     sizes = {
         tag: int(engine.docker("image", "inspect", tag, "--format", "{{.Size}}").stdout) for tag in (image, "image-classifier:compose")

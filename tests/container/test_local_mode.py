@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from tests.helpers import DIGITS_HPS, REPO_ROOT
+from local.sample_data import FASHION_CLASSES
+from tests.helpers import DIGITS_HPS, REPO_ROOT, fresh_copy
+from tests.readme import script
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -36,13 +38,15 @@ def _local_mode(engine, digits_data, output, count: int, predict: bool, hps: dic
     return result.stdout + result.stderr
 
 
-def test_fit_deploy_predict(engine, image, digits_data, tmp_path):
-    out = _local_mode(engine, digits_data, tmp_path / "out", 1, True, {**DIGITS_HPS, "epochs": "1"})
-    assert "event=final" in out
-    model_data = next(line.split()[1] for line in out.splitlines() if line.startswith("MODEL_DATA"))
-    assert model_data.startswith("file://") and model_data.endswith("model.tar.gz")
-    answer = json.loads(next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("ANSWER")))
-    assert answer["predictions"][0]["label"].startswith("digit_") and len(answer["predictions"][0]["top_k"]) == 5
+def test_the_readme_local_mode_block_fits_deploys_and_predicts(engine, image, tmp_path):
+    """The README's "local-mode" block, as written, in a fresh copy: the defaults train on what make local-data wrote."""
+    repo = fresh_copy(tmp_path / "repo", with_venv=True)
+    ran = subprocess.run(["bash", "-c", script("local-mode")], cwd=repo, env=engine.env, capture_output=True, text=True, timeout=1500)
+    out = ran.stdout + ran.stderr
+    assert ran.returncode == 0, out[-4000:]
+    assert "event=final" in out and "event=pretrained_loaded source=channel" in out and "model=tf_efficientnet_lite0" in out
+    top = json.loads(out[out.rindex("[\n") :]) if "[\n" in out else None
+    assert top and len(top) == 5 and top[0]["label"] in FASHION_CLASSES, out[-2000:]
 
 
 def test_two_instances_train_with_ddp_across_containers(engine, image, digits_data, tmp_path):
