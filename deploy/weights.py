@@ -35,8 +35,7 @@ from image_classifier.errors import UserError
 from image_classifier.metrics import format_line
 from image_classifier.modeling.factory import TORCHVISION_PREFIX, build_architecture, is_torchvision, load_backbone_weights
 from image_classifier.modeling.pretrained import find_pretrained
-from image_classifier.modeling.weights_io import safe_name
-from image_classifier.modeling.weights_io import sha256_of
+from image_classifier.modeling.weights_io import safe_name, sha256_of
 
 log = logging.getLogger(__name__)
 
