@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from deploy import instances
 from deploy.config import ConfigError, load_config
 from deploy.rules import RequestRules
 from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.helpers import REPO_ROOT
 
 BASE = {"region": REGION, "role_arn": ROLE, "bucket": BUCKET}
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -152,3 +155,13 @@ def test_a_multi_model_model_on_a_gpu_endpoint_and_a_reused_name_are_refused():
     config = {"EndpointConfigName": "c", "ProductionVariants": [{"ModelName": "ic-mme-r-1", "InstanceType": "ml.g5.xlarge"}]}
     assert any("CPU instance types only" in p for p in rules.refusals("sagemaker", "CreateEndpointConfig", config))
     assert any("created earlier in this run" in p for p in rules.refusals("sagemaker", "CreateModel", model))
+
+
+def test_the_example_configuration_loads_as_is_and_with_every_commented_field(tmp_path):
+    example = (REPO_ROOT / "deploy" / "config.example.toml").read_text()
+    load_config(REPO_ROOT / "deploy" / "config.example.toml", environ={})
+    uncommented = re.sub(r"(?m)^# (\w+ = .*)$", r"\1", example)
+    assert uncommented.count("\n# ") < example.count("\n# ")
+    (tmp_path / "config.toml").write_text(uncommented)
+    cfg = load_config(tmp_path / "config.toml", environ={})
+    assert cfg.volume_kms_key_id and cfg.subnets and cfg.search.lr_values  # each from a commented line
