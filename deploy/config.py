@@ -221,20 +221,13 @@ class DeployConfig(BaseModel):
             raise ValueError(f"{value!r} must be an s3:// URI")
         return value
 
-    @field_validator("subnets")
+    @field_validator("subnets", "security_group_ids")
     @classmethod
-    def _subnets(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not re.match(r"^subnet-[0-9a-f]{8,17}$", s)]
+    def _vpc_ids(cls, value: list[str], info: Any) -> list[str]:
+        prefix, what = ("subnet", "subnet ids") if info.field_name == "subnets" else ("sg", "security group ids")
+        bad = [s for s in value if not re.match(rf"^{prefix}-[0-9a-f]{{8,17}}$", s)]
         if bad:
-            raise ValueError(f"not subnet ids: {bad}")
-        return value
-
-    @field_validator("security_group_ids")
-    @classmethod
-    def _groups(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not re.match(r"^sg-[0-9a-f]{8,17}$", s)]
-        if bad:
-            raise ValueError(f"not security group ids: {bad}")
+            raise ValueError(f"not {what}: {bad}")
         return value
 
     # derived values, in one place
