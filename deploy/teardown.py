@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import signals
 from deploy.state import Resource
@@ -142,6 +142,8 @@ def release(sm: Any, resources: Iterable[Resource], *, keep_hosting: bool, waiti
                     outcome = Outcome(resource, *_release(sm, kind, resource.name, waiting, say))
                 except ClientError as exc:
                     outcome = Outcome(resource, "failed", exc.response.get("Error", {}).get("Message", str(exc)))
+                except BotoCoreError as exc:  # no answer at all (network, credentials): the next resource may still go
+                    outcome = Outcome(resource, "failed", str(exc))
             say(outcome.line())
             outcomes.append(outcome)
     return outcomes
