@@ -96,7 +96,7 @@ fi
 
 # 4. the pipeline
 if ((push_only)); then
-  say "pushed; pipeline skipped (--push-only)"
+  if ((dry_run)); then say "dry run: nothing pushed; pipeline skipped (--push-only)"; else say "pushed; pipeline skipped (--push-only)"; fi
   exit 0
 fi
 exec "$PYTHON" -m deploy.pipeline all "${args[@]+"${args[@]}"}"
