@@ -1,119 +1,78 @@
-"""AWS sessions for the pipeline, the dry-run interceptor, and the tags every resource carries.
+"""AWS sessions for the pipeline: every request checked before it is sent, or recorded in a dry run.
 
 ``AWS_ENDPOINT_URL`` (read by boto3 itself) points every client at another endpoint, which is
 how the tests run the whole pipeline against a local AWS emulator with unchanged code.
 
-Dry run: botocore builds and validates each request against the service model exactly as for
-a real call; a ``before-call`` hook then records mutating calls and answers them locally, so
-nothing is sent. The JSON printed is what the real run would send, built by the same code.
+Every client of the session (the SDK's too: it is built on this boto3 session) shares one event
+emitter, on which two hooks sit:
+
+- the guard, before each request is built: the service model's ``max``/``pattern``/``enum``
+  (``deploy.service_model``) and SageMaker's cross-field rules (``deploy.rules.RequestRules``).
+  A request AWS would refuse raises ``RequestRefused`` and is never sent. After a successful
+  create, its name is remembered: SageMaker refuses to reuse it.
+- in a dry run, the recorder (``deploy.dryrun``).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 
-PROJECT_TAG = "image-classifier"
-TAG_PROJECT_KEY = "project"
-TAG_RUN_KEY = "run-id"
-_MUTATING = ("Create", "Delete", "Put", "Add", "Update", "Stop", "Start", "Copy", "Upload", "Complete", "Abort")
-_DRY_RUN_ACCOUNT = "000000000000"
-
-
-def quiet_sdk() -> None:
-    """No telemetry, no v2 banner: otherwise every SDK call tries the network first."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    config = Path(tempfile.gettempdir()) / "sagemaker-telemetry-opt-out.yaml"
-    config.write_text('SchemaVersion: "1.0"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n')
-    os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
-
-
-def tag_list(run_id: str | None, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """``project`` and ``run-id`` on everything a run creates: cleanup deletes by these and only these."""
-    tags = {TAG_PROJECT_KEY: PROJECT_TAG, **({TAG_RUN_KEY: run_id} if run_id else {}), **(extra or {})}
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
+from deploy import service_model
+from deploy.dryrun import DryRun
+from deploy.rules import RequestRefused, RequestRules
 
 
 @dataclass
-class DryRun:
-    """Records the mutating calls botocore has validated and answers them without sending."""
+class Guard:
+    rules: RequestRules = field(default_factory=RequestRules)
 
-    calls: list[dict[str, Any]] = field(default_factory=list)
+    def attach(self, events: Any) -> None:
+        events.register("before-parameter-build.*.*", self._check)
+        events.register("after-call.*.*", self._created)
 
-    def attach(self, session: boto3.Session) -> None:
-        events = session._session.get_component("event_emitter")  # every client of this session shares it
-        events.register("provide-client-params.*.*", self._remember)
-        events.register("before-call.*.*", self._answer)
+    def _check(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        service = model.service_model.service_name
+        problems = [str(v) for v in service_model.violations(model, params)]
+        problems += self.rules.refusals(service, model.name, params)
+        if problems:
+            raise RequestRefused(model.name, problems)
+        context["guarded_request"] = (service, params)
 
-    def _remember(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        self._pending = (model.service_model.service_name, model.name, json.loads(json.dumps(params, default=str)))
-
-    def _answer(self, model: Any, **_: Any) -> tuple[Any, dict[str, Any]]:
-        service, operation, params = self._pending
-        if operation.startswith(_MUTATING):
-            self.calls.append({"service": service, "operation": operation, "request": params})
-            return _FakeHttp(), _placeholder(model, params)
-        # reads: answer with an empty shape; the pipeline never branches on them in a dry run
-        return _FakeHttp(), _placeholder(model, params)
-
-    def dump(self) -> str:
-        return json.dumps(self.calls, indent=2, sort_keys=False)
-
-
-class _FakeHttp:
-    status_code = 200
-    headers: ClassVar[dict[str, str]] = {}
-
-
-def _placeholder(model: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """A response with every top-level ARN/name string filled, enough for the SDK to carry on."""
-    out: dict[str, Any] = {"ResponseMetadata": {"HTTPStatusCode": 200, "RequestId": "dry-run"}}
-    shape = model.output_shape
-    if shape is None:
-        return out
-    name = next((v for k, v in params.items() if k.endswith("Name") and isinstance(v, str)), "dry-run")
-    for member, member_shape in shape.members.items():
-        if member_shape.type_name == "string" and member.endswith(("Arn", "Name", "Uri", "Id")):
-            out[member] = f"arn:aws:dry-run:::{name}" if member.endswith("Arn") else name
-    if model.name == "GetCallerIdentity":
-        out.update(Account=_DRY_RUN_ACCOUNT, Arn=f"arn:aws:iam::{_DRY_RUN_ACCOUNT}:user/dry-run", UserId="dry-run")
-    return out
+    def _created(self, http_response: Any, model: Any, context: dict[str, Any], **_: Any) -> None:
+        if "guarded_request" in context and http_response.status_code < 300:
+            service, params = context["guarded_request"]
+            self.rules.record(service, model.name, params)
 
 
 @dataclass
 class Aws:
-    """The boto3 and SageMaker SDK sessions of one pipeline run."""
+    """The boto3 session of one pipeline run, its guard and (in a dry run) its recorder."""
 
     boto: boto3.Session
     dry_run: DryRun | None = None
-    _sagemaker: Any = None
+    guard: Guard = field(default_factory=Guard)
+    _clients: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def connect(cls, region: str, *, dry_run: bool = False) -> Aws:
-        quiet_sdk()
         session = boto3.Session(region_name=region)
-        recorder = DryRun() if dry_run else None
-        if recorder is not None:
-            recorder.attach(session)
-        return cls(boto=session, dry_run=recorder)
+        events = session._session.get_component("event_emitter")  # shared by every client of this session
+        aws = cls(boto=session, dry_run=DryRun() if dry_run else None)
+        aws.guard.attach(events)
+        if aws.dry_run is not None:
+            aws.dry_run.attach(events)
+        return aws
 
     def client(self, service: str) -> Any:
-        return self.boto.client(service)
-
-    @property
-    def sagemaker(self) -> Any:
-        """The SDK v2 session (created lazily: importing the SDK takes seconds)."""
-        if self._sagemaker is None:
-            from deploy import sdk
-
-            self._sagemaker = sdk.session(self.boto)
-        return self._sagemaker
+        if service not in self._clients:
+            self._clients[service] = self.boto.client(service)
+        return self._clients[service]
 
     def account(self) -> str:
         return self.client("sts").get_caller_identity()["Account"]
+
+
+__all__ = ["Aws", "Guard", "RequestRefused"]

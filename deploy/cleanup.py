@@ -1,7 +1,10 @@
-"""Delete what this tool created (endpoints, endpoint configs, models) and nothing else.
+"""Stop and delete what this tool created, found by tag, and nothing else.
 
-A resource is ours when it carries ``project=image-classifier``; with a run id, only that
-run's. Untagged resources and other projects' are never touched, whatever their names.
+For what a process was interrupted in (SIGKILL, a lost laptop) or kept with ``--keep-endpoint``:
+running tuning, training, transform and processing jobs are stopped; endpoints, endpoint
+configs and models are deleted. A resource is ours when it carries ``project=image-classifier``;
+with a run id, only that run's (``deploy.tags``). Untagged resources and other projects' are
+never touched, whatever their names.
 """
 
 from __future__ import annotations
@@ -9,16 +12,39 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from deploy.aws import PROJECT_TAG, TAG_PROJECT_KEY, TAG_RUN_KEY
+from deploy.state import Resource
+from deploy.tags import ours
 
 log = logging.getLogger(__name__)
 
-# (list call, result key, arn key, name key, delete call, delete parameter)
-_KINDS = (
-    ("list_endpoints", "Endpoints", "EndpointArn", "EndpointName", "delete_endpoint", "EndpointName"),
-    ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn", "EndpointConfigName", "delete_endpoint_config", "EndpointConfigName"),
-    ("list_models", "Models", "ModelArn", "ModelName", "delete_model", "ModelName"),
-)
+# kind -> (list call, result key, arn key, name key, extra list arguments)
+_LISTINGS: dict[str, tuple[str, str, str, str, dict[str, str]]] = {
+    "hyper-parameter-tuning-job": (
+        "list_hyper_parameter_tuning_jobs",
+        "HyperParameterTuningJobSummaries",
+        "HyperParameterTuningJobArn",
+        "HyperParameterTuningJobName",
+        {"StatusEquals": "InProgress"},
+    ),
+    "training-job": ("list_training_jobs", "TrainingJobSummaries", "TrainingJobArn", "TrainingJobName", {"StatusEquals": "InProgress"}),
+    "transform-job": (
+        "list_transform_jobs",
+        "TransformJobSummaries",
+        "TransformJobArn",
+        "TransformJobName",
+        {"StatusEquals": "InProgress"},
+    ),
+    "processing-job": (
+        "list_processing_jobs",
+        "ProcessingJobSummaries",
+        "ProcessingJobArn",
+        "ProcessingJobName",
+        {"StatusEquals": "InProgress"},
+    ),
+    "endpoint": ("list_endpoints", "Endpoints", "EndpointArn", "EndpointName", {}),
+    "endpoint-config": ("list_endpoint_configs", "EndpointConfigs", "EndpointConfigArn", "EndpointConfigName", {}),
+    "model": ("list_models", "Models", "ModelArn", "ModelName", {}),
+}
 
 
 def _tags(sm: Any, arn: str) -> dict[str, str]:
@@ -28,21 +54,13 @@ def _tags(sm: Any, arn: str) -> dict[str, str]:
     return tags
 
 
-def ours(tags: dict[str, str], run_id: str | None) -> bool:
-    return tags.get(TAG_PROJECT_KEY) == PROJECT_TAG and (run_id is None or tags.get(TAG_RUN_KEY) == run_id)
-
-
-def cleanup(sm: Any, run_id: str | None, *, dry_run: bool = False) -> list[tuple[str, str]]:
-    """Endpoints first (they hold their configs and models), then configs, then models."""
-    deleted = []
-    for list_call, key, arn_key, name_key, delete_call, param in _KINDS:
-        for page in sm.get_paginator(list_call).paginate():
+def find(sm: Any, run_id: str | None) -> list[Resource]:
+    """Running jobs, endpoints, configs and models tagged by this project (and run, when given)."""
+    found = []
+    for kind, (list_call, key, arn_key, name_key, arguments) in _LISTINGS.items():
+        for page in sm.get_paginator(list_call).paginate(**arguments):
             for item in page.get(key, []):
-                if not ours(_tags(sm, item[arn_key]), run_id):
-                    continue
-                name = item[name_key]
-                log.info("event=cleanup kind=%s name=%s dry_run=%s", key[:-1], name, dry_run)
-                if not dry_run:
-                    getattr(sm, delete_call)(**{param: name})
-                deleted.append((key[:-1], name))
-    return deleted
+                if ours(_tags(sm, item[arn_key]), run_id):
+                    found.append(Resource(kind=kind, name=item[name_key]))
+    log.info("event=cleanup_found run_id=%s resources=%d", run_id or "all", len(found))
+    return found

@@ -2,8 +2,11 @@
 
 Sources, later ones win: the TOML file (``deploy/config.toml``; ``deploy/config.example.toml``
 documents every field), environment variables ``IC_<FIELD>`` (e.g. ``IC_REGION``), then command
-line flags (``--region``, ``--role-arn`` ...). A bad value fails with the field's name, so a
-typo in an instance type costs nothing instead of a failed job twenty minutes in.
+line flags (``--region eu-west-1`` or ``--region=eu-west-1``; ``--set key=value`` for lists and
+tables). A bad value fails with the field's name, so a typo in an instance type costs nothing
+instead of a failed job twenty minutes in. Field checks live on the fields; the rules that tie
+fields together (Hyperband and early stopping, Grid and ranges, KMS keys and instance storage,
+multi-model and CPU) are ``deploy.rules.config_refusals``, run by ``load_config``.
 """
 
 from __future__ import annotations
@@ -13,19 +16,28 @@ import json
 import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from deploy import instances, kms, rules
 
 ENV_PREFIX = "IC_"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
 
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-_INSTANCE_TYPE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.([0-9]+)?(nano|micro|small|medium|large|xlarge)$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_KMS_KEY = re.compile(r"^(arn:aws(-cn|-us-gov)?:kms:[a-z0-9-]+:\d{12}:(key|alias)/[\w/-]+|alias/[\w/-]+|[0-9a-f-]{36})$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+
+
+# Debugger, Profiler, Clarify: "auto" tries the service and carries on without it where the
+# account is refused it (docs/aws.md: "Services that may be closed"); "on" fails instead; "off".
+ServiceMode = Literal["auto", "on", "off"]
+MAX_CATEGORICAL_VALUES = 30  # CategoricalParameterRange.Values in the service model
+DEFAULT_MAX_JOBS = 12
 
 
 class ConfigError(ValueError):
@@ -45,7 +57,9 @@ class SearchSpace(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lr: tuple[float, float] = (1e-4, 1e-2)
+    lr_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
     weight_decay: tuple[float, float] = (1e-6, 1e-2)
+    weight_decay_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
     batch_size: list[int] = [32, 64, 128]
     freeze: list[str] = ["head", "last:2", "none"]
     models: list[str] = Field(default_factory=list, description="also search the backbone; empty: the config's model only")
@@ -65,6 +79,15 @@ class SearchSpace(BaseModel):
             raise ValueError("needs at least one value")
         return value
 
+    @field_validator("lr_values", "weight_decay_values", "batch_size", "freeze", "models")
+    @classmethod
+    def _categorical(cls, value: list) -> list:
+        if len(value) > MAX_CATEGORICAL_VALUES:
+            raise ValueError(f"{len(value)} values; SageMaker takes at most {MAX_CATEGORICAL_VALUES} per categorical range")
+        if any(isinstance(v, float) and v <= 0 for v in value):
+            raise ValueError(f"values must be > 0, got {value}")
+        return value
+
 
 class DeployConfig(BaseModel):
     """Everything the pipeline needs to know about the account and the run."""
@@ -76,7 +99,8 @@ class DeployConfig(BaseModel):
     role_arn: str
     bucket: str
     prefix: str = "image-classifier"
-    kms_key_id: str | None = None
+    kms_key_id: str | None = Field(None, description="key id, key ARN, alias or alias ARN: S3, ECR, job outputs, endpoints")
+    volume_kms_key_id: str | None = Field(None, description="key id or key ARN for job volumes (default: kms_key_id)")
     # the image
     repository: str = "image-classifier"
     image_tag: str = "latest"
@@ -92,9 +116,9 @@ class DeployConfig(BaseModel):
     final_epochs: int = Field(15, ge=1)
     hyperparameters: dict[str, str] = Field(default_factory=dict, description="static hyperparameters for every job")
     # tuning
-    max_jobs: int = Field(12, ge=1, le=500)
+    max_jobs: int | None = Field(None, ge=1, le=500, description=f"default: {DEFAULT_MAX_JOBS}; leave unset with Grid")
     max_parallel_jobs: int = Field(3, ge=1, le=100)
-    early_stopping: Literal["Auto", "Off"] = "Auto"
+    early_stopping: Literal["Auto", "Off"] | None = Field(None, description="default: Off with Hyperband, Auto otherwise")
     strategy: Literal["Bayesian", "Random", "Hyperband", "Grid"] = "Bayesian"
     search: SearchSpace = Field(default_factory=SearchSpace)
     # Spot and checkpoints
@@ -105,14 +129,20 @@ class DeployConfig(BaseModel):
     network_isolation: bool = True
     subnets: list[str] = Field(default_factory=list)
     security_group_ids: list[str] = Field(default_factory=list)
-    # debugger and profiler (SageMaker Debugger is closed to new accounts since 2026-07-30)
-    debugger: bool = True
-    profiler: bool = True
+    # services an account may not have (Debugger and Clarify are closed to new customers)
+    debugger: ServiceMode = "auto"
+    profiler: ServiceMode = "auto"
+    clarify: ServiceMode = "auto"
     stream_logs: bool = True
     # hosting
     endpoint_instance_type: str = "ml.m5.xlarge"
+    multi_model_instance_type: str = Field("ml.m5.xlarge", description="a CPU type: multi-model endpoints of this image run on CPU")
     transform_instance_type: str = "ml.m5.xlarge"
     clarify_instance_type: str = "ml.m5.xlarge"
+    clarify_max_runtime_s: int = Field(7200, ge=60, le=777600)
+    # teardown: an endpoint SageMaker is still creating cannot be deleted until it leaves Creating
+    teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")
+    teardown_wait_s: int = Field(1800, ge=0, description="how long teardown waits for it before giving up")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags on every resource")
     runs_dir: Path = Path("deploy/runs")
 
@@ -149,18 +179,39 @@ class DeployConfig(BaseModel):
             raise ValueError(f"{value!r} is not a valid ECR repository name")
         return value
 
-    @field_validator("train_instance_type", "endpoint_instance_type", "transform_instance_type", "clarify_instance_type")
+    @field_validator(
+        "train_instance_type", "endpoint_instance_type", "multi_model_instance_type", "transform_instance_type", "clarify_instance_type"
+    )
     @classmethod
-    def _instance_type(cls, value: str) -> str:
-        if not _INSTANCE_TYPE.match(value):
-            raise ValueError(f"{value!r} is not a SageMaker instance type (e.g. ml.g5.xlarge, ml.m5.large)")
+    def _instance_type(cls, value: str, info: Any) -> str:
+        use = _INSTANCE_USES[info.field_name]
+        if not instances.is_known(value, use):
+            closest = instances.closest(value, use)
+            hint = f"; closest: {', '.join(closest)}" if closest else " (e.g. ml.g5.xlarge, ml.m5.large)"
+            raise ValueError(f"{value!r} is not a SageMaker instance type for {use} (the service model's {instances.ENUMS[use]}){hint}")
         return value
 
     @field_validator("kms_key_id")
     @classmethod
     def _kms(cls, value: str | None) -> str | None:
-        if value is not None and not _KMS_KEY.match(value):
-            raise ValueError(f"{value!r} is not a KMS key id, key ARN or alias")
+        if value is not None and not (kms.is_key_id_or_arn(value) or kms.is_alias(value)):
+            raise ValueError(f"{value!r} is not a KMS key id, key ARN, alias or alias ARN")
+        return value
+
+    @field_validator("volume_kms_key_id")
+    @classmethod
+    def _volume_kms(cls, value: str | None) -> str | None:
+        if value is not None and not kms.is_key_id_or_arn(value):
+            hint = f" ({kms.describe_key_hint(value)})" if kms.is_alias(value) else ""
+            raise ValueError(f"{value!r} is not a key id or key ARN, the only forms job volumes take{hint}")
+        return value
+
+    @field_validator("debugger", "profiler", "clarify", mode="before")
+    @classmethod
+    def _service_mode(cls, value: Any) -> Any:
+        """``true``/``false`` (the old boolean switches) mean ``on``/``off``."""
+        if isinstance(value, bool) or value in ("true", "false"):
+            return "on" if value in (True, "true") else "off"
         return value
 
     @field_validator("checkpoint_s3_uri")
@@ -170,33 +221,32 @@ class DeployConfig(BaseModel):
             raise ValueError(f"{value!r} must be an s3:// URI")
         return value
 
-    @field_validator("subnets")
+    @field_validator("subnets", "security_group_ids")
     @classmethod
-    def _subnets(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not re.match(r"^subnet-[0-9a-f]{8,17}$", s)]
+    def _vpc_ids(cls, value: list[str], info: Any) -> list[str]:
+        prefix, what = ("subnet", "subnet ids") if info.field_name == "subnets" else ("sg", "security group ids")
+        bad = [s for s in value if not re.match(rf"^{prefix}-[0-9a-f]{{8,17}}$", s)]
         if bad:
-            raise ValueError(f"not subnet ids: {bad}")
+            raise ValueError(f"not {what}: {bad}")
         return value
-
-    @field_validator("security_group_ids")
-    @classmethod
-    def _groups(cls, value: list[str]) -> list[str]:
-        bad = [s for s in value if not re.match(r"^sg-[0-9a-f]{8,17}$", s)]
-        if bad:
-            raise ValueError(f"not security group ids: {bad}")
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> DeployConfig:
-        if bool(self.subnets) != bool(self.security_group_ids):
-            raise ValueError("subnets and security_group_ids go together: set both or neither")
-        if self.max_parallel_jobs > self.max_jobs:
-            raise ValueError(f"max_parallel_jobs ({self.max_parallel_jobs}) exceeds max_jobs ({self.max_jobs})")
-        if self.use_spot and self.max_wait_s is not None and self.max_wait_s < self.max_run_s:
-            raise ValueError(f"max_wait_s ({self.max_wait_s}) must be >= max_run_s ({self.max_run_s}) with Spot")
-        return self
 
     # derived values, in one place
+    @property
+    def early_stopping_type(self) -> str:
+        return self.early_stopping or ("Off" if self.strategy == "Hyperband" else "Auto")
+
+    @property
+    def job_limit(self) -> int | None:
+        """None with Grid: SageMaker runs every combination and takes no limit."""
+        return None if self.strategy == "Grid" else self.max_jobs or DEFAULT_MAX_JOBS
+
+    def volume_key(self, instance_type: str) -> str | None:
+        """The volume KMS key to send for this instance type: none on local NVMe (refused there)."""
+        return None if instances.has_local_nvme(instance_type) else self.volume_kms_key_id or self.kms_key_id
+
+    def endpoint_key(self, instance_type: str) -> str | None:
+        return None if instances.has_local_nvme(instance_type) else self.kms_key_id
+
     @property
     def s3_root(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
@@ -218,16 +268,35 @@ class DeployConfig(BaseModel):
         return f"{account}.dkr.ecr.{self.region}.{suffix}/{self.repository}:{self.image_tag}"
 
 
+_INSTANCE_USES = {
+    "train_instance_type": "training",
+    "endpoint_instance_type": "hosting",
+    "multi_model_instance_type": "hosting",
+    "transform_instance_type": "transform",
+    "clarify_instance_type": "processing",
+}
+_SCALARS = (str, int, float, bool, Path, type(None))
+
+
+def _is_scalar(annotation: Any) -> bool:
+    """str, numbers, bools, paths, Literal choices and optional ones of these: one flag each."""
+    if typing.get_origin(annotation) is Literal:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_is_scalar(a) for a in typing.get_args(annotation))
+    return annotation in _SCALARS
+
+
 def _field_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per scalar field (``--role-arn``), plus ``--config`` and ``--set key=value`` for the rest."""
+    """One flag per scalar field (``--role-arn X`` or ``--role-arn=X``), ``--config``, and ``--set key=value`` for the rest."""
     group = parser.add_argument_group("configuration (overrides the file and IC_* variables)")
     group.add_argument("--config", type=Path, default=None, help=f"TOML file (default: {DEFAULT_CONFIG_FILE} if present)")
     for name, field in DeployConfig.model_fields.items():
-        if field.annotation in (str, int, bool, str | None, int | None, Path):
+        if _is_scalar(field.annotation):
             group.add_argument(_field_flag(name), dest=f"cfg_{name}", default=None, help=field.description)
     group.add_argument("--set", dest="cfg_set", action="append", default=[], metavar="KEY=VALUE", help="any field, value as JSON or text")
 
@@ -245,6 +314,13 @@ def _coerce(name: str, text: str) -> Any:
     if field is not None and field.annotation in (str, str | None, Path):
         return text
     return _parse_value(text)
+
+
+def _refused(cfg: DeployConfig, source: str) -> None:
+    """The cross-field rules, reported like the field errors: one line per field."""
+    refusals = rules.config_refusals(cfg)
+    if refusals:
+        raise ConfigError("\n".join([f"invalid deploy configuration ({source}):", *(f"  {r}" for r in refusals)]))
 
 
 def _set_path(values: dict[str, Any], dotted: str, value: Any) -> None:
@@ -287,10 +363,13 @@ def load_config(
             values[name] = _coerce(name, environ[key])
     for dotted, value in (overrides or {}).items():
         _set_path(values, dotted, value)
+    source = str(file) if file else "flags and environment"
     try:
-        return DeployConfig.model_validate(values)
+        cfg = DeployConfig.model_validate(values)
     except ValidationError as exc:
-        raise ConfigError(_format(exc, str(file) if file else "flags and environment")) from None
+        raise ConfigError(_format(exc, source)) from None
+    _refused(cfg, source)
+    return cfg
 
 
 def from_args(args: argparse.Namespace) -> DeployConfig:

@@ -4,7 +4,9 @@
     python -m deploy.ecr password     # prints the registry password (pipe it to docker login)
 
 ``registry`` in the config points the push at another registry (a pull-through mirror, or a
-local one in the tests) while the repository and the login still come from ECR.
+local one in the tests) while the repository and the login still come from ECR. Arguments that
+are not configuration (the pipeline's own, which push_and_train.sh passes along) are ignored,
+so the push goes to the region and repository the jobs will use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import base64
 import sys
 
 from deploy import config as config_module
-from deploy.aws import Aws, tag_list
+from deploy.aws import Aws
+from deploy.tags import tag_list
 
 
 def ensure_repository(aws: Aws, name: str, *, kms_key_id: str | None, run_tags: list[dict[str, str]]) -> str:
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["repository", "password", "registry"])
     config_module.add_arguments(parser)
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)
     try:
         cfg = config_module.from_args(args)
     except config_module.ConfigError as exc:

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
-# Build (or reuse) the image, push it to ECR, then run the AWS pipeline.
+# Build (or reuse) the image for linux/amd64, push it to ECR, then run the AWS pipeline.
 #
-#   deploy/push_and_train.sh [--skip-build] [--local-image TAG] [--push-only] [--bake-weights] [pipeline arguments...]
+#   deploy/push_and_train.sh [script options] [pipeline and configuration arguments...]
 #
-# The configuration (region, role, bucket, ...) comes from deploy/config.toml, IC_* variables
-# or flags passed through to the pipeline (see deploy/config.example.toml). Examples:
+# Script options:
+#   --skip-build           reuse the local image (it must be linux/amd64)
+#   --build                build even in a dry run (a dry run builds nothing unless asked)
+#   --local-image TAG      local image name (default: image-classifier:local)
+#   --platform OS/ARCH     build platform (default: linux/amd64, what SageMaker runs)
+#   --push-only            push, then stop before the pipeline
+#   --bake-weights         bake the backbone's ImageNet weights into the image
+#   -h, --help             this text and the pipeline's arguments
+# Every other argument goes to `python -m deploy.pipeline all` and to the configuration check
+# (--region X or --region=X, --set key=value, --dry-run, --yes, --keep-endpoint, --with ...).
+# The configuration comes from deploy/config.toml, IC_* variables or flags. Examples:
 #   deploy/push_and_train.sh --data ~/dogImages.zip --yes              # push, then data weights tune best train deploy query
 #   deploy/push_and_train.sh --skip-build --dry-run                     # print every create request, send nothing
 #   deploy/push_and_train.sh --bake-weights --push-only                 # ImageNet weights baked into the image, push only
@@ -14,71 +23,80 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 DOCKER=${DOCKER:-docker}
 local_image="image-classifier:local"
+platform="linux/amd64"
 build=1
+build_asked=0
 push_only=0
 bake=0
+dry_run=0
 pipeline_args=()
-config_args=()
+
+say() { printf 'push_and_train: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
+    -h|--help) usage; echo; exec "$PYTHON" -m deploy.pipeline --help ;;
     --skip-build) build=0 ;;
-    --local-image) local_image="$2"; shift ;;
+    --build) build_asked=1 ;;
+    --local-image) (($# > 1)) || die "--local-image needs a value"; local_image="$2"; shift ;;
+    --local-image=*) local_image="${1#*=}" ;;
+    --platform) (($# > 1)) || die "--platform needs a value"; platform="$2"; shift ;;
+    --platform=*) platform="${1#*=}" ;;
     --push-only) push_only=1 ;;
     --bake-weights) bake=1 ;;
-    --config|--region|--role-arn|--bucket|--prefix|--repository|--image-tag|--registry|--kms-key-id|--set)
-      config_args+=("$1" "$2"); pipeline_args+=("$1" "$2"); shift ;;
+    --dry-run) dry_run=1; pipeline_args+=("$1") ;;
     *) pipeline_args+=("$1") ;;
   esac
   shift
 done
 
-say() { printf 'push_and_train: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
-
 [[ -x "$PYTHON" ]] || die "$PYTHON not found: run 'make venv' first"
-command -v "$DOCKER" >/dev/null || die "docker not found"
+args=("${pipeline_args[@]+"${pipeline_args[@]}"}")
 
-dry_run=0
-for arg in "${pipeline_args[@]+"${pipeline_args[@]}"}"; do [[ "$arg" == "--dry-run" ]] && dry_run=1; done
+# 1. the configuration and the arguments, checked before anything is built or sent (all of them:
+#    the image must go to the region and repository the jobs will use)
+"$PYTHON" -m deploy.pipeline all --validate-only "${args[@]+"${args[@]}"}" \
+  || die "fix the configuration above (deploy/config.example.toml and docs/aws.md document every field)"
 
-# 1. the configuration, validated before anything is built or sent
-"$PYTHON" -c 'import sys; from deploy.config import get_args; get_args(sys.argv[1:])' "${config_args[@]+"${config_args[@]}"}" \
-  || die "fix the configuration above (deploy/config.example.toml documents every field)"
-
-# 2. the image
-if ((build)); then
+# 2. the image (a dry run builds only when asked: it sends nothing and needs no image)
+if ((dry_run && !build_asked)); then
+  say "dry run: not building (pass --build to build anyway) and not pushing"
+elif ((build)); then
+  command -v "$DOCKER" >/dev/null || die "docker not found"
   build_args=()
   if ((bake)); then
-    model=$("$PYTHON" -c 'import sys; from deploy.config import get_args; print(get_args(sys.argv[1:]).model)' "${config_args[@]+"${config_args[@]}"}")
+    model=$("$PYTHON" -c 'import sys; from deploy.config import get_args; print(get_args(sys.argv[1:]).model)' "${args[@]+"${args[@]}"}")
     say "fetching ImageNet weights of $model to bake into the image"
     "$PYTHON" -m deploy.weights --model "$model" --out docker/pretrained
     build_args+=(--build-arg PRETRAINED_DIR=docker/pretrained)
   fi
-  say "building $local_image"
-  "$DOCKER" build "${build_args[@]+"${build_args[@]}"}" -t "$local_image" .
+  say "building $local_image for $platform"
+  "$DOCKER" build --platform "$platform" "${build_args[@]+"${build_args[@]}"}" -t "$local_image" .
 else
-  "$DOCKER" image inspect "$local_image" >/dev/null 2>&1 || die "--skip-build: no local image $local_image"
-  say "reusing $local_image"
+  command -v "$DOCKER" >/dev/null || die "docker not found"
+  built_for=$("$DOCKER" image inspect --format '{{.Os}}/{{.Architecture}}' "$local_image" 2>/dev/null) \
+    || die "--skip-build: no local image $local_image"
+  [[ "$built_for" == "$platform" ]] || die "$local_image is $built_for; SageMaker runs $platform images: rebuild without --skip-build"
+  say "reusing $local_image ($built_for)"
 fi
 
 # 3. ECR: repository, login, tag, push (skipped in a dry run: nothing is sent)
-if ((dry_run)); then
-  say "dry run: not pushing"
-else
-  target=$("$PYTHON" -m deploy.ecr repository "${config_args[@]+"${config_args[@]}"}")
-  registry=$("$PYTHON" -m deploy.ecr registry "${config_args[@]+"${config_args[@]}"}")
+if ((!dry_run)); then
+  target=$("$PYTHON" -m deploy.ecr repository "${args[@]+"${args[@]}"}")
+  registry=$("$PYTHON" -m deploy.ecr registry "${args[@]+"${args[@]}"}")
   say "logging in to $registry"
-  "$PYTHON" -m deploy.ecr password "${config_args[@]+"${config_args[@]}"}" | "$DOCKER" login --username AWS --password-stdin "$registry" >/dev/null
+  "$PYTHON" -m deploy.ecr password "${args[@]+"${args[@]}"}" | "$DOCKER" login --username AWS --password-stdin "$registry" >/dev/null
   say "pushing $target"
   "$DOCKER" tag "$local_image" "$target"
   "$DOCKER" push "$target"
-  pipeline_args+=(--set "image_uri=$target")
+  args+=(--set "image_uri=$target")
 fi
 
 # 4. the pipeline
 if ((push_only)); then
-  say "pushed; pipeline skipped (--push-only)"
+  if ((dry_run)); then say "dry run: nothing pushed; pipeline skipped (--push-only)"; else say "pushed; pipeline skipped (--push-only)"; fi
   exit 0
 fi
-exec "$PYTHON" -m deploy.pipeline all "${pipeline_args[@]+"${pipeline_args[@]}"}"
+exec "$PYTHON" -m deploy.pipeline all "${args[@]+"${args[@]}"}"

@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from image_classifier.params import REPORT_JSON_FILE
+from image_classifier.params import MODEL_CARD_FILE, REPORT_JSON_FILE
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -56,6 +56,19 @@ def _safe_extract(archive: tarfile.TarFile, dest: Path) -> list[Path]:
         target.write_bytes(handle.read())
         out.append(target)
     return out
+
+
+def model_card(s3: Any, model_data: str) -> dict[str, Any]:
+    """The model card inside a ``model.tar.gz``, read as the archive streams (the weights are not kept)."""
+    bucket, key = split_s3(model_data)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    with tarfile.open(fileobj=body, mode="r|gz") as archive:
+        for member in archive:
+            if member.isfile() and PurePosixPath(member.name).name == MODEL_CARD_FILE:
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    return json.loads(handle.read())
+    raise ValueError(f"{model_data} holds no {MODEL_CARD_FILE}: is it a model of this image?")
 
 
 def download_reports(s3: Any, job: dict[str, Any], dest: Path) -> dict[str, Any]:

@@ -2,28 +2,59 @@
 
 Why v2: SDK 3.x drops MultiDataModel and Predictor, and its ModelTrainer takes no
 Debugger/Profiler settings. Keeping the SDK behind this one module keeps a move to v3 local.
+
+The SDK reads organisation defaults (tags, KMS keys, VPC, ...) from its own config files
+(``/etc/xdg/sagemaker/config.yaml``, ``~/.config/sagemaker/config.yaml`` or the paths in
+``SAGEMAKER_ADMIN_CONFIG_OVERRIDE`` / ``SAGEMAKER_USER_CONFIG_OVERRIDE``). ``session()`` loads
+them as the SDK does and only adds the telemetry opt-out (without it every call tries the
+network first), so those defaults still apply wherever the configuration leaves a value unset.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 import boto3
 
-from deploy.aws import tag_list
 from deploy.config import DeployConfig
+from deploy.tags import tag_list
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
 
 IMAGE_CONTENT_TYPE = "image/jpeg"  # what Clarify sends each perturbed image as
 DEBUGGER_RULES = ("vanishing_gradient", "overfit", "overtraining", "poor_weight_initialization", "loss_not_decreasing")
 CLARIFY_PROBABILITIES = "predictions[0].probabilities"  # JMESPath into our JSON answer (README: Serving)
+CLARIFY_ATTRIBUTES = "probabilities=true"  # custom attributes that make our server add that vector
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # before any `import sagemaker` below
 
 
 def session(boto_session: boto3.Session) -> Any:
+    """An SDK session on ``boto_session`` with the user's SDK defaults plus the telemetry opt-out."""
     import sagemaker
+    from sagemaker.config import load_sagemaker_config
 
-    return sagemaker.Session(boto_session=boto_session)
+    defaults = load_sagemaker_config()
+    defaults.setdefault("SchemaVersion", "1.0")
+    modules = defaults.setdefault("SageMaker", {}).setdefault("PythonSDK", {}).setdefault("Modules", {})
+    modules.setdefault("TelemetryOptOut", True)
+    events = boto_session._session.get_component("event_emitter")
+    events.register("provide-client-params.sagemaker.CreateHyperParameterTuningJob", _grid_without_job_limit)
+    return sagemaker.Session(boto_session=boto_session, sagemaker_config=defaults)
+
+
+def _grid_without_job_limit(params: dict[str, Any], **_: Any) -> None:
+    """SDK v2 sends ``MaxNumberOfTrainingJobs: None`` for Grid search (its way of leaving the limit
+    out, which botocore refuses as a type error): leave it out. Grid runs every combination."""
+    limits = params.get("HyperParameterTuningJobConfig", {}).get("ResourceLimits", {})
+    if limits.get("MaxNumberOfTrainingJobs", 0) is None:
+        del limits["MaxNumberOfTrainingJobs"]
+
+
+def training_input(uri: str) -> Any:
+    from sagemaker.inputs import TrainingInput
+
+    return TrainingInput(uri, distribution="FullyReplicated")
 
 
 def _vpc(cfg: DeployConfig) -> dict[str, Any]:
@@ -38,9 +69,12 @@ def estimator(
     run_id: str,
     kind: str,
     hyperparameters: dict[str, str],
-    profiled: bool,
+    services: frozenset[str] = frozenset(),
 ) -> Any:
-    """The training job definition shared by tuning (``profiled=False``) and the final job."""
+    """The training job definition shared by tuning (no services) and the final job.
+
+    ``services``: which of ``debugger`` and ``profiler`` the job asks for (``deploy.services``).
+    """
     from sagemaker.debugger import (
         DebuggerHookConfig,
         ProfilerConfig,
@@ -52,12 +86,12 @@ def estimator(
 
     output_path = f"{cfg.s3_root}/runs/{run_id}/{kind}"
     debug: dict[str, Any] = {"debugger_hook_config": False, "disable_profiler": True}
-    if profiled and cfg.debugger:
+    if "debugger" in services:
         # the rules add the collections they read (gradients, losses, relu_input, weights ...);
         # naming them here as well would send each twice with different intervals
         debug["debugger_hook_config"] = DebuggerHookConfig(s3_output_path=f"{output_path}/debug")
         debug["rules"] = [Rule.sagemaker(getattr(rule_configs, name)()) for name in DEBUGGER_RULES]
-    if profiled and cfg.profiler:
+    if "profiler" in services:
         debug["disable_profiler"] = False
         # system metrics only: Debugger's framework profiling does not support PyTorch 2.x
         debug["profiler_config"] = ProfilerConfig(s3_output_path=f"{output_path}/profiler", system_monitor_interval_millis=500)
@@ -74,7 +108,7 @@ def estimator(
         checkpoint_s3_uri=f"{cfg.checkpoint_uri}/{run_id}/{kind}",
         output_path=output_path,
         output_kms_key=cfg.kms_key_id,
-        volume_kms_key=cfg.kms_key_id,
+        volume_kms_key=cfg.volume_key(cfg.train_instance_type),
         enable_network_isolation=cfg.network_isolation,
         hyperparameters=hyperparameters,
         metric_definitions=metric_definitions(),
@@ -92,8 +126,14 @@ def tuner(cfg: DeployConfig, base_estimator: Any, *, run_id: str) -> Any:
 
     space = cfg.search
     ranges: dict[str, Any] = {
-        "lr": ContinuousParameter(*space.lr, scaling_type="Logarithmic"),
-        "weight_decay": ContinuousParameter(*space.weight_decay, scaling_type="Logarithmic"),
+        "lr": CategoricalParameter([str(v) for v in space.lr_values])
+        if space.lr_values
+        else ContinuousParameter(*space.lr, scaling_type="Logarithmic"),
+        "weight_decay": (
+            CategoricalParameter([str(v) for v in space.weight_decay_values])
+            if space.weight_decay_values
+            else ContinuousParameter(*space.weight_decay, scaling_type="Logarithmic")
+        ),
         "batch_size": CategoricalParameter([str(b) for b in space.batch_size]),
         "freeze": CategoricalParameter(space.freeze),
     }
@@ -106,9 +146,9 @@ def tuner(cfg: DeployConfig, base_estimator: Any, *, run_id: str) -> Any:
         hyperparameter_ranges=ranges,
         metric_definitions=metric_definitions(),
         strategy=cfg.strategy,
-        max_jobs=cfg.max_jobs,
+        max_jobs=cfg.job_limit,
         max_parallel_jobs=cfg.max_parallel_jobs,
-        early_stopping_type=cfg.early_stopping,
+        early_stopping_type=cfg.early_stopping_type,
         tags=tag_list(run_id, cfg.tags),
     )
 
@@ -174,20 +214,27 @@ def transformer(cfg: DeployConfig, sm_session: Any, *, model_name: str, output_p
         accept="application/jsonlines",
         output_path=output_path,
         output_kms_key=cfg.kms_key_id,
-        volume_kms_key=cfg.kms_key_id,
+        volume_kms_key=cfg.volume_key(cfg.transform_instance_type),
         max_payload=6,
         tags=tag_list(run_id, cfg.tags),
         sagemaker_session=sm_session,
     )
 
 
-def clarify_job(cfg: DeployConfig, sm_session: Any, *, model_name: str, images_uri: str, output_uri: str, run_id: str) -> dict[str, Any]:
-    """Image SHAP explanations (Clarify spins up its own shadow endpoint of the model)."""
+def clarify_job(
+    cfg: DeployConfig, sm_session: Any, *, model_name: str, images_uri: str, output_uri: str, run_id: str, labels: list[str] | None
+) -> dict[str, Any]:
+    """Image SHAP explanations; ``labels``: the model card's classes, in the order of the probabilities.
+
+    The job is never network-isolated, whatever ``network_isolation`` says: Clarify creates a
+    shadow endpoint of the model and calls it through the SageMaker API. The model itself (and
+    so the shadow endpoint's container) keeps its isolation.
+    """
     from sagemaker import clarify
     from sagemaker.network import NetworkConfig
 
     network = NetworkConfig(
-        enable_network_isolation=cfg.network_isolation,
+        enable_network_isolation=False,
         security_group_ids=cfg.security_group_ids or None,
         subnets=cfg.subnets or None,
         encrypt_inter_container_traffic=True,
@@ -196,6 +243,9 @@ def clarify_job(cfg: DeployConfig, sm_session: Any, *, model_name: str, images_u
         role=cfg.role_arn,
         instance_count=1,
         instance_type=cfg.clarify_instance_type,
+        volume_kms_key=cfg.volume_key(cfg.clarify_instance_type),
+        output_kms_key=cfg.kms_key_id,
+        max_runtime_in_seconds=cfg.clarify_max_runtime_s,
         sagemaker_session=sm_session,
         network_config=network,
         tags=tag_list(run_id, cfg.tags),
@@ -209,13 +259,13 @@ def clarify_job(cfg: DeployConfig, sm_session: Any, *, model_name: str, images_u
             instance_count=1,
             content_type=IMAGE_CONTENT_TYPE,
             accept_type="application/json",
-            custom_attributes="probabilities=true",
+            custom_attributes=CLARIFY_ATTRIBUTES,
         ),
         "explainability_config": clarify.SHAPConfig(
             num_samples=500,
             image_config=clarify.ImageConfig(model_type="IMAGE_CLASSIFICATION", num_segments=20, segment_compactness=5),
         ),
-        "model_scores": clarify.ModelPredictedLabelConfig(probability=CLARIFY_PROBABILITIES),
+        "model_scores": clarify.ModelPredictedLabelConfig(probability=CLARIFY_PROBABILITIES, label_headers=labels),
     }
 
 

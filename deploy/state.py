@@ -2,11 +2,17 @@
 
 ``deploy/runs/<run-id>/state.json`` holds job names, the model artifact URIs and the endpoint
 names; ``deploy/runs/latest`` names the newest run, which a step without ``--run-id`` continues.
+``resources`` lists every SageMaker resource the run asked for, written *before* the request is
+sent, so that an interrupted run still knows what to stop or delete (``deploy.teardown``).
+
+A run id becomes part of every job and endpoint name (``ic-tune-<run>-<attempt>``, at most 32
+characters for tuning jobs), so it follows SageMaker's name pattern and stays short.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +23,36 @@ from image_classifier.atomic import atomic_target
 
 STATE_FILE = "state.json"
 LATEST_FILE = "latest"
+RUN_ID_MAX = 20  # "ic-tune-" + run id + "-" + attempt (3 digits) fits SageMaker's 32 for tuning jobs
+_RUN_ID = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")  # SageMaker's job and endpoint name pattern
+
+
+class RunIdError(ValueError):
+    """A run id SageMaker could not carry in its names."""
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id) or len(run_id) > RUN_ID_MAX:
+        raise RunIdError(
+            f"run id {run_id!r}: letters, digits and inner hyphens only, at most {RUN_ID_MAX} characters "
+            "(it becomes part of every job and endpoint name)"
+        )
+    return run_id
+
+
+class Resource(BaseModel):
+    """One SageMaker resource a run asked for: ``kind`` is a key of ``deploy.teardown.KINDS``."""
+
+    kind: str
+    name: str
 
 
 class RunState(BaseModel):
     run_id: str
+    attempts: dict[str, int] = Field(default_factory=dict)  # name kind -> attempts so far (names are unique per attempt)
+    resources: list[Resource] = Field(default_factory=list)
+    classes: list[str] = Field(default_factory=list)  # from the data step, in index order
+    services: dict[str, str] = Field(default_factory=dict)  # debugger/profiler/clarify -> what they ended up as
     image_uri: str | None = None
     channels: dict[str, str] = Field(default_factory=dict)  # channel name -> s3 uri
     tuning_job: str | None = None
@@ -60,6 +92,7 @@ def load_state(runs_dir: Path, run_id: str | None) -> RunState:
         run_id = (runs_dir / LATEST_FILE).read_text().strip()
     if run_id is None:
         return RunState(run_id=new_run_id())
+    check_run_id(run_id)
     path = runs_dir / run_id / STATE_FILE
     if path.is_file():
         return RunState.model_validate(json.loads(path.read_text()))

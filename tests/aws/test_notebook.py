@@ -63,10 +63,10 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
             tag = (cell.metadata.get("tags") or [""])[0]
             run_id = (runs / "latest").read_text().strip() if (runs / "latest").is_file() else None
             if tag == "best":
-                tuning_job = f"ic-tune-{run_id}"
+                tuning_job = f"ic-tune-{run_id}-1"  # names carry the attempt
                 seeding.tuning_results(tuning_job, {"image_size": "32", "epochs": "8"}, model_dir)
             if tag == "train":
-                seeding.final_job_outputs(f"image-classifier/runs/{run_id}/final/ic-final-{run_id}", model_dir, output_dir)
+                seeding.final_job_outputs(f"image-classifier/runs/{run_id}/final/ic-final-{run_id}-1", model_dir, output_dir)
             client.execute_cell(cell, index)
             if cell.cell_type == "code":
                 outputs[tag] = _output_text(cell)

@@ -73,7 +73,10 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     sm = boto3.client("sagemaker", region_name=REGION)
     answers = Answers(trained["model_dir"])
     sample = sorted((digits_data / "test" / "digit_3").glob("*.png"))[0]
-    ctx = pipeline.context(cfg, new_run=True, yes=True, data=str(digits_data), pretrained_dir=pretrained_dir, sample=sample)
+    # endpoints kept between the run() calls, so that each step's result can be read; cleanup deletes them at the end
+    ctx = pipeline.context(
+        cfg, new_run=True, yes=True, keep_endpoint=True, data=str(digits_data), pretrained_dir=pretrained_dir, sample=sample
+    )
     run_id = ctx.state.run_id
 
     # data + weights: pre-flight, upload, channels recorded
@@ -117,7 +120,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert sorted(t["lr"] for t in trials) == ["0.001", "0.003", "0.01"]
 
     # 3. the final, profiled job; its real model and reports are seeded where the job writes them
-    final = ctx.job_name("final")
+    final = ctx.next_name("final")
     job_root = f"image-classifier/runs/{run_id}/final/{final}"
     seeding.final_job_outputs(job_root, trained["model_dir"], trained["output_dir"])
     pipeline.run(["train"], ctx)

@@ -14,6 +14,7 @@ import subprocess
 import tarfile
 import time
 import urllib.request
+from pathlib import Path
 
 import boto3
 import pytest
@@ -49,7 +50,7 @@ def registry(tmp_path):
 
 
 @pytest.fixture
-def small_image(engine, tmp_path) -> str:
+def small_tar(tmp_path) -> Path:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         data = b"a small stand-in for the image-classifier image\n"
@@ -58,7 +59,12 @@ def small_image(engine, tmp_path) -> str:
         archive.addfile(info, io.BytesIO(data))
     path = tmp_path / "small.tar"
     path.write_bytes(buffer.getvalue())
-    engine.docker("import", str(path), "ic-push-test:local")
+    return path
+
+
+@pytest.fixture
+def small_image(engine, small_tar) -> str:
+    engine.docker("import", str(small_tar), "ic-push-test:local")
     return "ic-push-test:local"
 
 
@@ -103,4 +109,18 @@ def test_bad_configuration_stops_before_docker_or_aws(aws, engine, tmp_path):
     assert result.returncode != 0
     assert "role_arn: 'not-an-arn' is not an IAM role ARN" in result.stderr
     assert "no local image" not in result.stderr  # stopped before looking at Docker
+    assert aws.requests() == []
+
+
+def test_skip_build_refuses_an_image_sagemaker_cannot_run(aws, engine, tmp_path):
+    """An image built for ARM (as on an ARM laptop without --platform): refused before anything is pushed."""
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello.txt").write_text("arm64\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY hello.txt /\n")  # no RUN: builds for any platform without emulation
+    engine.docker("build", "--platform", "linux/arm64", "-t", "ic-push-test:arm64", str(context))
+    config = {"IC_REGION": REGION, "IC_ROLE_ARN": ROLE, "IC_BUCKET": BUCKET, "IC_RUNS_DIR": str(tmp_path)}
+    result = _script(engine, "--skip-build", "--local-image", "ic-push-test:arm64", "--push-only", env_extra=config)
+    assert result.returncode != 0
+    assert "ic-push-test:arm64 is linux/arm64; SageMaker runs linux/amd64 images" in result.stderr, result.stderr[-2000:]
     assert aws.requests() == []

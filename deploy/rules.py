@@ -1,0 +1,191 @@
+"""What SageMaker refuses and neither botocore nor the emulator does, refused here first.
+
+Two views of the same rules:
+
+- ``config_refusals(cfg)``: the configuration check, run whenever a configuration is loaded, so
+  a bad combination fails with the field's name before anything is built or sent.
+- ``RequestRules``: the same rules on each request as the SDK finally builds it (the SDK adds
+  the organisation's defaults from its own config.yaml, which the configuration never sees),
+  plus name reuse within a session. ``deploy.aws`` runs them, with the service model's
+  constraints, on every request before it is sent; the tests run them on every recorded request.
+
+docs/aws.md lists every rule with the message it prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from deploy import kms
+from deploy.instances import has_local_nvme, is_accelerated
+
+if TYPE_CHECKING:
+    from deploy.config import DeployConfig
+
+CLARIFY_IMAGE = "sagemaker-clarify-processing"
+NAME_KEYS = {
+    "CreateTrainingJob": "TrainingJobName",
+    "CreateHyperParameterTuningJob": "HyperParameterTuningJobName",
+    "CreateTransformJob": "TransformJobName",
+    "CreateProcessingJob": "ProcessingJobName",
+    "CreateModel": "ModelName",
+    "CreateEndpointConfig": "EndpointConfigName",
+    "CreateEndpoint": "EndpointName",
+}
+HYPERBAND_AUTO = (
+    'Hyperband stops unpromising trials itself; SageMaker refuses it with early stopping Auto: set early_stopping = "Off" or leave it unset'
+)
+GRID_CONTINUOUS = "Grid search takes categorical ranges only; {names} {verb} continuous: list the values to try in {fields}"
+GRID_LIMIT = "Grid search runs every combination of the categorical values and takes no job limit: remove max_jobs"
+MULTI_MODEL_GPU = (
+    "{value!r} is accelerated; multi-model endpoints of a multi-model-server container run on CPU instance types only "
+    "(GPU multi-model endpoints need Triton): choose e.g. ml.m5.xlarge or ml.c5.2xlarge"
+)
+VOLUME_KEY_ALIAS = (
+    "{key!r} is an alias; the volume KMS key of training, tuning and processing jobs takes a key id or key ARN only "
+    "({types} {verb} EBS volumes): set volume_kms_key_id to the key's ARN ({hint})"
+)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class RequestRefused(ValueError):
+    """A request AWS would refuse, stopped before it was sent."""
+
+    def __init__(self, operation: str, problems: list[str]):
+        self.operation, self.problems = operation, problems
+        super().__init__(f"AWS would refuse {operation}; nothing was sent:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _plural(names: list[str]) -> str:
+    return "are" if len(names) > 1 else "is"
+
+
+def config_refusals(cfg: DeployConfig) -> list[Refusal]:
+    """Every cross-field rule the configuration breaks (field-level checks live on the fields)."""
+    out: list[Refusal] = []
+    if bool(cfg.subnets) != bool(cfg.security_group_ids):
+        out.append(Refusal("subnets", "subnets and security_group_ids go together: set both or neither"))
+    if cfg.use_spot and cfg.max_wait_s is not None and cfg.max_wait_s < cfg.max_run_s:
+        out.append(Refusal("max_wait_s", f"max_wait_s ({cfg.max_wait_s}) must be >= max_run_s ({cfg.max_run_s}) with Spot"))
+    if cfg.strategy == "Hyperband" and cfg.early_stopping == "Auto":
+        out.append(Refusal("early_stopping", HYPERBAND_AUTO))
+    if cfg.strategy == "Grid":
+        continuous = [name for name in ("lr", "weight_decay") if not getattr(cfg.search, f"{name}_values")]
+        if continuous:
+            fields = " and ".join(f"search.{name}_values" for name in continuous)
+            out.append(Refusal("search", GRID_CONTINUOUS.format(names=" and ".join(continuous), verb=_plural(continuous), fields=fields)))
+        if cfg.max_jobs is not None:
+            out.append(Refusal("max_jobs", GRID_LIMIT))
+    elif cfg.job_limit is not None and cfg.max_parallel_jobs > cfg.job_limit:
+        out.append(Refusal("max_parallel_jobs", f"max_parallel_jobs ({cfg.max_parallel_jobs}) exceeds max_jobs ({cfg.job_limit})"))
+    volume_key = cfg.volume_kms_key_id or cfg.kms_key_id
+    if volume_key and kms.is_alias(volume_key):
+        with_ebs = [name for name in ("train_instance_type", "clarify_instance_type") if not has_local_nvme(getattr(cfg, name))]
+        if with_ebs:
+            types = ", ".join(f"{name}={getattr(cfg, name)}" for name in with_ebs)
+            message = VOLUME_KEY_ALIAS.format(
+                key=volume_key, types=types, verb="have" if len(with_ebs) > 1 else "has", hint=kms.describe_key_hint(volume_key)
+            )
+            out.append(Refusal("kms_key_id", message))
+    if is_accelerated(cfg.multi_model_instance_type):
+        out.append(Refusal("multi_model_instance_type", MULTI_MODEL_GPU.format(value=cfg.multi_model_instance_type)))
+    return out
+
+
+def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> list[str]:
+    key, instance_type = resources.get("VolumeKmsKeyId"), resources.get("InstanceType", "")
+    if not key:
+        return []
+    problems = []
+    if has_local_nvme(instance_type):
+        problems.append(
+            f"{where}.VolumeKmsKeyId: {instance_type} has local NVMe storage (hardware-encrypted); SageMaker refuses a volume key"
+        )
+    if not alias_allowed and not kms.is_key_id_or_arn(key):
+        problems.append(f"{where}.VolumeKmsKeyId: {key!r} is not a key id or key ARN (this field takes no alias)")
+    return problems
+
+
+@dataclass
+class RequestRules:
+    """The rules on requests; remembers multi-model models and the names created this session."""
+
+    multi_model: set[str] = field(default_factory=set)
+    created: set[tuple[str, str]] = field(default_factory=set)
+
+    def refusals(self, service: str, operation: str, params: dict[str, Any]) -> list[str]:
+        if service != "sagemaker":
+            return []
+        problems = self._name_reused(operation, params)
+        check = getattr(self, f"_{operation}", None)
+        return problems + (check(params) if check else [])
+
+    def record(self, service: str, operation: str, params: dict[str, Any]) -> None:
+        """After a successful create: its name is taken."""
+        key = NAME_KEYS.get(operation) if service == "sagemaker" else None
+        if key and key in params:
+            self.created.add((operation, params[key]))
+
+    def _name_reused(self, operation: str, params: dict[str, Any]) -> list[str]:
+        key = NAME_KEYS.get(operation)
+        if key and (operation, params.get(key)) in self.created:
+            return [
+                f"{key}: {params[key]!r} was created earlier in this run; SageMaker refuses a name already used in the account and region"
+            ]
+        return []
+
+    def _CreateHyperParameterTuningJob(self, params: dict[str, Any]) -> list[str]:
+        config = params.get("HyperParameterTuningJobConfig", {})
+        strategy, problems = config.get("Strategy"), []
+        if strategy == "Hyperband" and config.get("TrainingJobEarlyStoppingType", "Off") == "Auto":
+            problems.append(f"HyperParameterTuningJobConfig.TrainingJobEarlyStoppingType: {HYPERBAND_AUTO}")
+        if strategy == "Grid":
+            ranges = config.get("ParameterRanges", {})
+            if ranges.get("ContinuousParameterRanges") or ranges.get("IntegerParameterRanges"):
+                problems.append("HyperParameterTuningJobConfig.ParameterRanges: Grid search takes categorical ranges only")
+            if config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs") is not None:
+                problems.append(f"HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs: {GRID_LIMIT}")
+        resources = params.get("TrainingJobDefinition", {}).get("ResourceConfig", {})
+        return problems + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
+
+    def _CreateTrainingJob(self, params: dict[str, Any]) -> list[str]:
+        return _volume("ResourceConfig", params.get("ResourceConfig", {}), alias_allowed=False)
+
+    def _CreateTransformJob(self, params: dict[str, Any]) -> list[str]:
+        return _volume("TransformResources", params.get("TransformResources", {}), alias_allowed=True)
+
+    def _CreateProcessingJob(self, params: dict[str, Any]) -> list[str]:
+        cluster = params.get("ProcessingResources", {}).get("ClusterConfig", {})
+        problems = _volume("ProcessingResources.ClusterConfig", cluster, alias_allowed=False)
+        image = params.get("AppSpecification", {}).get("ImageUri", "")
+        if CLARIFY_IMAGE in image and params.get("NetworkConfig", {}).get("EnableNetworkIsolation"):
+            problems.append(
+                "NetworkConfig.EnableNetworkIsolation: a Clarify job creates and calls a shadow endpoint; it cannot run isolated"
+            )
+        return problems
+
+    def _CreateModel(self, params: dict[str, Any]) -> list[str]:
+        if params.get("PrimaryContainer", {}).get("Mode") == "MultiModel":
+            self.multi_model.add(params.get("ModelName", ""))
+        return []
+
+    def _CreateEndpointConfig(self, params: dict[str, Any]) -> list[str]:
+        problems = []
+        for index, variant in enumerate(params.get("ProductionVariants", [])):
+            instance_type = variant.get("InstanceType", "")
+            if params.get("KmsKeyId") and has_local_nvme(instance_type):
+                problems.append(
+                    f"KmsKeyId: variant {index} runs on {instance_type}, which has local NVMe storage; SageMaker refuses the key"
+                )
+            if variant.get("ModelName") in self.multi_model and is_accelerated(instance_type):
+                problems.append(f"ProductionVariants[{index}].InstanceType: {MULTI_MODEL_GPU.format(value=instance_type)}")
+        return problems

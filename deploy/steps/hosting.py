@@ -1,0 +1,99 @@
+"""The real-time endpoint and its query, and the model that batch transform and Clarify reuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import WaiterError
+
+from deploy import results, sdk
+from deploy.context import Context, StepError
+from deploy.tags import tag_list
+
+
+def confirm(ctx: Context, what: str) -> None:
+    if not ctx.yes and not ctx.dry_run:
+        raise StepError(f"{what} is billable while it runs: pass --yes to create it (it is deleted at the end unless --keep-endpoint)")
+
+
+def wait_in_service(ctx: Context, endpoint: str) -> None:
+    """botocore's waiter looks at once, then every 30 s for up to an hour (the SDK's own wait sleeps 30 s before its first look)."""
+    if ctx.dry_run:
+        return
+    sm = ctx.aws.client("sagemaker")
+    try:
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint)
+    except WaiterError as exc:
+        reason = exc.last_response.get("FailureReason") or str(exc)
+        raise StepError(f"endpoint {endpoint} did not come into service: {reason}") from exc
+
+
+def step_deploy(ctx: Context) -> None:
+    confirm(ctx, "a real-time endpoint")
+    model_data = ctx.need("final_model_data", "train")
+    name, endpoint = ctx.new_name("model"), ctx.new_name("endpoint")
+    model = sdk.model(ctx.cfg, ctx.sagemaker, image_uri=ctx.image_uri(), model_data=model_data, name=name)
+    for kind, resource in (
+        ("model", name),
+        ("endpoint-config", endpoint),
+        ("endpoint", endpoint),
+    ):  # the SDK names the config after the endpoint
+        ctx.record(kind, resource)
+    ctx.state.model_name, ctx.state.endpoint = name, endpoint
+    ctx.save()
+    instance_type = ctx.cfg.endpoint_instance_type
+    model.deploy(
+        initial_instance_count=1,
+        instance_type=instance_type,
+        endpoint_name=endpoint,
+        tags=tag_list(ctx.state.run_id, ctx.cfg.tags),
+        kms_key=ctx.cfg.endpoint_key(instance_type),
+        wait=False,
+    )
+    wait_in_service(ctx, endpoint)
+    ctx.say(f"event=endpoint_in_service endpoint={endpoint} instance_type={instance_type}")
+
+
+def sample_bytes(ctx: Context) -> tuple[bytes, str]:
+    if ctx.sample is not None:
+        return ctx.sample.read_bytes(), ctx.sample.name
+    test = ctx.state.channels.get("test") or ctx.state.channels.get("validation")
+    if not test:
+        raise StepError("no sample image: pass --sample FILE or run the 'data' step")
+    s3 = ctx.aws.client("s3")
+    key = next((k for k in results.list_keys(s3, test.rstrip("/") + "/") if not k.endswith("/")), None)
+    if key is None:
+        raise StepError(f"no image under {test}")
+    bucket, _ = results.split_s3(test)
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read(), key
+
+
+def _top(answer: dict[str, Any]) -> list[str]:
+    prediction = answer["predictions"][0]
+    return [f"  {entry['probability']:.3f}  {entry['label']}" for entry in prediction["top_k"]]
+
+
+def step_query(ctx: Context) -> None:
+    endpoint = ctx.need("endpoint", "deploy")
+    if ctx.dry_run:
+        return
+    body, name = sample_bytes(ctx)
+    answer = sdk.predictor(endpoint, ctx.sagemaker).predict(sdk.image_payload(body), initial_args={"CustomAttributes": "top_k=5"})
+    ctx.state.results["query"] = {"sample": name, "answer": answer}
+    ctx.save()
+    ctx.say(f"event=prediction endpoint={endpoint} sample={name} label={answer['predictions'][0]['label']}")
+    for line in _top(answer):
+        ctx.say(line)
+
+
+def ensure_model(ctx: Context, instance_type: str) -> str:
+    """The run's SageMaker model (the endpoint's, or a new one), for batch transform and Clarify."""
+    if ctx.state.model_name:
+        return ctx.state.model_name
+    name = ctx.new_name("model")
+    model = sdk.model(ctx.cfg, ctx.sagemaker, image_uri=ctx.image_uri(), model_data=ctx.need("final_model_data", "train"), name=name)
+    ctx.record("model", name)
+    model.create(instance_type=instance_type, tags=tag_list(ctx.state.run_id, ctx.cfg.tags))
+    ctx.state.model_name = name
+    ctx.save()
+    return name

@@ -1,0 +1,216 @@
+"""What the emulator cannot show, played by a proxy in front of it: work in progress and closed services.
+
+moto 5.2.5 completes every SageMaker job and endpoint at once, its SageMaker backend registers
+no state-manager transitions (``/moto-api/state-manager`` knows none of its resources), and it
+lacks StopTrainingJob, StopHyperParameterTuningJob and StopTransformJob (it has
+StopProcessingJob). So this proxy forwards every request to the emulator unchanged, except:
+
+- a held resource: its status in the emulator's own Describe*/List* answers is replaced by the
+  one AWS shows while the work runs (``InProgress``, ``Creating``) or at its end (``Failed``,
+  with a ``FailureReason``), until it is stopped or its hold is released; ``List*`` filters by
+  that status;
+- a Stop* of a held job: answered as AWS answers it (200, an empty JSON body) where the
+  emulator lacks the operation (forwarded where it has it); the job reads ``Stopped`` from then on;
+- a DeleteEndpoint of an endpoint held ``Creating``: refused with a ValidationException, as
+  SageMaker refuses to delete an endpoint it is still creating; after the first refusal, the
+  endpoint finishes creating after ``release_after`` more DescribeEndpoint calls;
+- a refusal rule: a matching request gets the given AWS error (a service closed to the account).
+
+Every request is logged (operation, JSON body) for the test to read. The client under test
+is real (botocore, the SDK, the pipeline process), and so is the emulator behind the proxy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlparse
+
+# kind -> (noun of the API, status key in the List* summaries); endpoints are deleted, not stopped
+KINDS = {
+    "hyper-parameter-tuning-job": ("HyperParameterTuningJob", "HyperParameterTuningJobSummaries"),
+    "training-job": ("TrainingJob", "TrainingJobSummaries"),
+    "transform-job": ("TransformJob", "TransformJobSummaries"),
+    "processing-job": ("ProcessingJob", "ProcessingJobSummaries"),
+    "endpoint": ("Endpoint", "Endpoints"),
+}
+_EMULATOR_HAS = {"StopProcessingJob"}
+_HOP_HEADERS = {"transfer-encoding", "connection", "content-length", "keep-alive"}
+
+
+@dataclass
+class Hold:
+    kind: str
+    pattern: re.Pattern[str]
+    status: str
+    release_after: int | None = None  # endpoints: describes after the first refused delete
+    fields: dict[str, Any] = field(default_factory=dict)  # also shown, e.g. a FailureReason
+
+
+@dataclass
+class Refusal:
+    operation: str
+    when: Callable[[dict[str, Any]], bool]
+    code: str
+    message: str
+
+
+@dataclass
+class Gate:
+    upstream: str
+    url: str = ""  # set by serve()
+    holds: list[Hold] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stopped: set[str] = field(default_factory=set)
+    _released: dict[str, int] = field(default_factory=dict)  # endpoint -> describes left before InService
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def hold(self, kind: str, name_pattern: str, status: str, *, release_after: int | None = None, **fields: Any) -> None:
+        self.holds.append(Hold(kind, re.compile(name_pattern), status, release_after, fields))
+
+    def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str) -> None:
+        self.refusals.append(Refusal(operation, when, code, message))
+
+    def calls(self, operation: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for op, body in self.log if op == operation]
+
+    # --- the status AWS would show ---------------------------------------------------------
+
+    def _hold(self, kind: str, name: str) -> Hold | None:
+        return next((h for h in self.holds if h.kind == kind and h.pattern.search(name)), None)
+
+    def _held(self, kind: str, name: str) -> str | None:
+        hold = self._hold(kind, name)
+        if hold is None:
+            return None
+        if name in self.stopped:
+            return "Stopped"
+        left = self._released.get(name)
+        if left is not None and left <= 0:
+            return None  # released: the emulator's own answer
+        return hold.status
+
+    def _describe(self, kind: str, name: str, answer: dict[str, Any]) -> dict[str, Any]:
+        status = self._held(kind, name)
+        if kind == "endpoint" and name in self._released:
+            self._released[name] -= 1
+        if status is not None:
+            answer[f"{KINDS[kind][0]}Status"] = status
+            answer.update(self._hold(kind, name).fields)  # type: ignore[union-attr]
+        return answer
+
+    def _list(self, kind: str, wanted: str | None, answer: dict[str, Any]) -> dict[str, Any]:
+        noun, key = KINDS[kind]
+        items = []
+        for item in answer.get(key, []):
+            status = self._held(kind, item[f"{noun}Name"])
+            if status is not None:
+                item[f"{noun}Status"] = status
+            if wanted is None or item.get(f"{noun}Status") == wanted:
+                items.append(item)
+        answer[key] = items
+        return answer
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def handle(
+        self, operation: str, body: dict[str, Any], forward: Callable[[bytes], tuple[int, dict[str, str], bytes]]
+    ) -> tuple[int, bytes]:
+        with self._lock:
+            self.log.append((operation, body))
+            refusal = next((r for r in self.refusals if r.operation == operation and r.when(body)), None)
+        if refusal is not None:
+            return 400, json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
+        for kind, (noun, _) in KINDS.items():
+            name = body.get(f"{noun}Name", "")
+            if operation == f"Stop{noun}" and self._held(kind, name) is not None:
+                with self._lock:
+                    self.stopped.add(name)
+                if operation not in _EMULATOR_HAS:
+                    return 200, b"{}"
+            if operation == "DeleteEndpoint" and kind == "endpoint" and self._held(kind, name) == "Creating":
+                hold = next(h for h in self.holds if h.kind == "endpoint" and h.pattern.search(name))
+                with self._lock:
+                    self._released.setdefault(name, hold.release_after or 0)
+                message = f"Cannot delete endpoint {name} while it is in Creating status."
+                return 400, json.dumps({"__type": "ValidationException", "message": message}).encode()
+        wanted = body.pop("StatusEquals", None) if operation.startswith("List") else None
+        status, _, raw = forward(json.dumps(body).encode() if wanted else b"")
+        if status >= 300:
+            return status, raw
+        answer = json.loads(raw or b"{}")
+        with self._lock:
+            for kind, (noun, _) in KINDS.items():
+                if operation == f"Describe{noun}":
+                    answer = self._describe(kind, body.get(f"{noun}Name", ""), answer)
+                elif operation == f"List{noun}s":
+                    answer = self._list(kind, wanted, answer)
+        return status, json.dumps(answer).encode()
+
+    def serve(self) -> ThreadingHTTPServer:
+        """Start answering on 127.0.0.1 (``url``); the caller shuts the server down."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, urlparse(self.upstream)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        return server
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while (size := int(handler.rfile.readline().strip(), 16)) > 0:
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+        handler.rfile.readline()
+        return b"".join(chunks)
+    return handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+
+
+def _handler(gate: Gate, upstream: Any) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *_: Any) -> None:  # quiet
+            pass
+
+        def _forward(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
+            connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+            headers["Content-Length"] = str(len(body))
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = (response.status, dict(response.getheaders()), response.read())
+            connection.close()
+            return answer
+
+        def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for key, value in headers.items():
+                if key.lower() not in _HOP_HEADERS:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _any(self) -> None:
+            body = _read_body(self)
+            target = self.headers.get("X-Amz-Target", "")
+            if not target.startswith("SageMaker."):
+                self._reply(*self._forward(body))
+                return
+            operation = target.split(".", 1)[1]
+            status, answer = gate.handle(operation, json.loads(body or b"{}"), lambda changed: self._forward(changed or body))
+            self._reply(status, {"Content-Type": "application/x-amz-json-1.1"}, answer)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _any
+
+    return Handler

@@ -1,0 +1,117 @@
+"""The dry run of every step, over configurations a real account would use, sends only what AWS accepts.
+
+Each recorded request is checked against the service model's max, pattern and enum
+(``deploy.service_model``: botocore's own validator skips them) and against SageMaker's
+cross-field rules (``deploy.rules.RequestRules``, in order, so a reused name shows too). Then
+each configuration's point is asserted on the requests themselves.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy import pipeline, service_model
+from deploy.config import load_config
+from deploy.rules import RequestRules
+from tests.aws.conftest import BUCKET, REGION, ROLE
+
+EVERY_STEP = [s.name for s in pipeline.STEPS]
+KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+VPC = {"subnets": ["subnet-0123456789abcdef0"], "security_group_ids": ["sg-0123456789abcdef0"]}
+CONFIGS = {
+    "default": {},
+    "hyperband_vpc_backbones": {"strategy": "Hyperband", **VPC, "search": {"models": ["resnet18", "resnet50"]}},
+    "kms_gpu_training": {"kms_key_id": "alias/team-key", "volume_kms_key_id": KEY_ARN, "train_instance_type": "ml.g5.2xlarge"},
+    "gpu_endpoint": {"endpoint_instance_type": "ml.g5.xlarge", "kms_key_id": KEY_ARN},
+}
+
+
+def _dry_run(tmp_path, steps, data=None, **overrides):
+    cfg = load_config(overrides={"region": REGION, "role_arn": ROLE, "bucket": BUCKET, "runs_dir": str(tmp_path), **overrides}, environ={})
+    ctx = pipeline.context(cfg, dry_run=True, data=data)
+    pipeline.run(steps, ctx)
+    return ctx.aws.dry_run.calls
+
+
+def _checked(calls):
+    """Every request valid; the requests by operation (a list each)."""
+    rules, by_operation = RequestRules(), {}
+    for call in calls:
+        problems = [str(v) for v in service_model.violations((call["service"], call["operation"]), call["request"])]
+        problems += rules.refusals(call["service"], call["operation"], call["request"])
+        assert problems == [], f"{call['operation']}: {problems}"
+        rules.record(call["service"], call["operation"], call["request"])
+        by_operation.setdefault(call["operation"], []).append(call["request"])
+    return by_operation
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def recorded(request, tmp_path_factory, emulator):
+    """emulator: only so that nothing could reach AWS; the dry run sends nothing anywhere."""
+    name = request.param
+    steps = EVERY_STEP if name == "default" else [s for s in EVERY_STEP if s != "data"]  # data needs --data
+    overrides = dict(CONFIGS[name])
+    if name == "default":  # the data step's real pre-flight on real images, nothing uploaded
+        overrides["data"] = str(request.getfixturevalue("digits_data"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_ENDPOINT_URL", emulator.url)
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+            patch.setenv(key, value)
+        calls = _dry_run(tmp_path_factory.mktemp(name), steps, **overrides)
+    return name, _checked(calls)
+
+
+def test_every_request_passes_the_service_model_and_the_rules(recorded):
+    name, by_operation = recorded
+    expected = {
+        "CreateHyperParameterTuningJob",
+        "CreateTrainingJob",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+        "CreateTransformJob",
+        "CreateProcessingJob",
+    }
+    assert expected <= set(by_operation), name
+    names = [r["EndpointName"] for r in by_operation["CreateEndpoint"]]
+    assert len(names) == len(set(names)) == 2  # the real-time and the multi-model endpoint
+
+
+def test_what_each_configuration_changes_in_the_requests(recorded):
+    name, by = recorded
+    tuning = by["CreateHyperParameterTuningJob"][0]["HyperParameterTuningJobConfig"]
+    training = by["CreateTrainingJob"][0]
+    processing = by["CreateProcessingJob"][0]
+    configs = {c["EndpointConfigName"]: c for c in by["CreateEndpointConfig"]}
+    realtime = next(c for n, c in configs.items() if n.startswith("ic-endpoint-"))
+    multi_model = next(c for n, c in configs.items() if n.startswith("ic-mme-"))
+    assert processing["NetworkConfig"].get("EnableNetworkIsolation") is not True  # Clarify calls its shadow endpoint
+    assert multi_model["ProductionVariants"][0]["InstanceType"] == "ml.m5.xlarge"
+    if name == "default":
+        assert tuning["TrainingJobEarlyStoppingType"] == "Auto" and tuning["ResourceLimits"]["MaxNumberOfTrainingJobs"] == 12
+        assert "DebugHookConfig" in training and "ProfilerConfig" in training  # auto: asked for
+    if name == "hyperband_vpc_backbones":
+        assert tuning["Strategy"] == "Hyperband" and tuning["TrainingJobEarlyStoppingType"] == "Off"
+        categorical = {r["Name"]: r["Values"] for r in tuning["ParameterRanges"]["CategoricalParameterRanges"]}
+        assert categorical["model"] == ["resnet18", "resnet50"]
+        assert training["VpcConfig"]["Subnets"] == VPC["subnets"] and processing["NetworkConfig"]["VpcConfig"]["Subnets"] == VPC["subnets"]
+    if name == "kms_gpu_training":
+        assert "VolumeKmsKeyId" not in training["ResourceConfig"]  # ml.g5: local NVMe
+        assert training["OutputDataConfig"]["KmsKeyId"] == "alias/team-key"  # outputs take an alias
+        assert by["CreateTransformJob"][0]["TransformResources"]["VolumeKmsKeyId"] == KEY_ARN
+        assert processing["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KEY_ARN
+        assert processing["ProcessingOutputConfig"]["KmsKeyId"] == "alias/team-key"
+        assert realtime["KmsKeyId"] == "alias/team-key"
+    if name == "gpu_endpoint":
+        assert realtime["ProductionVariants"][0]["InstanceType"] == "ml.g5.xlarge" and "KmsKeyId" not in realtime
+        assert multi_model["KmsKeyId"] == KEY_ARN
+
+
+def test_grid_search_sends_categorical_ranges_and_no_job_limit(aws, tmp_path):
+    grid = {"strategy": "Grid", "search": {"lr_values": [0.001, 0.003], "weight_decay_values": [0.0001], "models": ["resnet18"]}}
+    by = _checked(_dry_run(tmp_path, ["tune"], **grid))
+    config = by["CreateHyperParameterTuningJob"][0]["HyperParameterTuningJobConfig"]
+    assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
+    assert not config["ParameterRanges"].get("ContinuousParameterRanges") and not config["ParameterRanges"].get("IntegerParameterRanges")
+    assert {r["Name"]: r["Values"] for r in config["ParameterRanges"]["CategoricalParameterRanges"]}["lr"] == ["0.001", "0.003"]
+    assert aws.requests() == []
