@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from local.bench.report import interleaved, medians, write_result
+from local.bench.report import interleaved, medians, require_quiet, write_result
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "stereo_motorcycle")
 PHOTO_SIZE = (500, 375)
@@ -58,6 +58,8 @@ CONCURRENCY = 16
 VENV_BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MMS_PROCESS = re.compile(rb"multi-model-server|model_service_worker")
+# the stages of one request at concurrency 1, from ``serve``'s Server-Timing header (serving/timing.py)
+STAGES = ("total", "front", "queue", "hop", "worker", "decode", "preprocess", "forward", "encode")
 
 
 # --- fixed inputs ------------------------------------------------------------------------------
@@ -146,18 +148,25 @@ def matmul_gflops(device: str, dtype: str = "float32", size: int = 2048, repeats
 
 
 # --- HTTP load ---------------------------------------------------------------------------------
-def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None) -> int:
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None, timings: list | None = None) -> int:
+    """The status (0: no answer); ``timings`` collects each 200's ``Server-Timing`` stages."""
     try:
         conn.request(method, path, body=body, headers={"Content-Type": "image/jpeg"} if body is not None else {})
         response = conn.getresponse()
         response.read()
+        if timings is not None and response.status == 200 and response.getheader("Server-Timing"):
+            from image_classifier.serving.timing import parse_server_timing
+
+            timings.append(parse_server_timing(response.getheader("Server-Timing")))
         return response.status
     except (OSError, http.client.HTTPException):
         conn.close()
         return 0
 
 
-def timed_posts(port: int, images: list[bytes], count: int, concurrency: int) -> tuple[list[float], int, float]:
+def timed_posts(
+    port: int, images: list[bytes], count: int, concurrency: int, timings: list | None = None
+) -> tuple[list[float], int, float]:
     """Latencies (s) of ``count`` POSTs from ``concurrency`` clients, the errors, the wall time."""
     latencies: list[float] = []
     errors = 0
@@ -173,7 +182,7 @@ def timed_posts(port: int, images: list[bytes], count: int, concurrency: int) ->
             if i is None:
                 break
             start = time.perf_counter()
-            status = request(conn, "POST", "/invocations", images[i % len(images)])
+            status = request(conn, "POST", "/invocations", images[i % len(images)], timings)
             elapsed = time.perf_counter() - start
             with lock:
                 latencies.append(elapsed)
@@ -249,6 +258,15 @@ class Server:
             time.sleep(0.02)
         raise RuntimeError(f"{self.log_path.name}: no 200 within {timeout:.0f}s\n{self.log_path.read_text()[-3000:]}")
 
+    def chosen_precision(self) -> str:
+        """What ``serve`` chose at load (``event=serve_precision chosen=...``); fp32 for the naive server."""
+        found = re.search(r"event=serve_precision chosen=(\w+) graph=(\w+)", self.log_path.read_text())
+        return found.group(1) if found else "fp32"
+
+    def chosen_graph(self) -> str:
+        found = re.search(r"event=serve_precision chosen=(\w+) graph=(\w+)", self.log_path.read_text())
+        return found.group(2) if found else "eager"
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -260,17 +278,24 @@ class Server:
 
 
 def measure(
-    server: Server, images: list[bytes], requests_c1: int, requests_c16: int, rates: dict[str, float], gflop: float
+    server: Server, images: list[bytes], requests_c1: int, requests_c16: int, rates: dict[str, float], gflop: float, precision: str
 ) -> dict[str, float]:
+    """``precision``: what the server runs in (``serve`` logs its choice), for its own roofline."""
+    stages: list[dict[str, float]] = []
     try:
         ready, cold = server.cold_start(images[0])
         timed_posts(server.port, images, 2 * CONCURRENCY, CONCURRENCY)  # untimed: both servers meet batch shapes once
-        single, errors_c1, _ = timed_posts(server.port, images, requests_c1, 1)
+        single, errors_c1, _ = timed_posts(server.port, images, requests_c1, 1, stages)
         _, errors_c16, wall = timed_posts(server.port, images, requests_c16, CONCURRENCY)
     finally:
         server.stop()
     throughput = (requests_c16 - errors_c16) / wall
+    chosen = precision if precision != "auto" else server.chosen_precision()
+    breakdown = {f"c1_{stage}_ms": statistics.median(s.get(stage, 0.0) for s in stages) for stage in STAGES} if stages else {}
     return {
+        **breakdown,
+        "bf16": float(chosen == "bf16"),
+        "roofline_fraction": throughput / (rates["bfloat16" if chosen == "bf16" else "float32"] / gflop),
         "p50_ms_c1": 1000 * statistics.median(single),
         "p99_ms_c1": 1000 * percentile(single, 99),
         "images_per_s_c16": throughput,
@@ -299,7 +324,7 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
         weights = work / "model" / "model.safetensors"
         command = [sys.executable, "-m", "local.bench.naive_server", "--weights", str(weights), "--port", str(port)]
         server = Server(command, {**env, "PYTHONPATH": str(REPO_ROOT)}, port, work / f"naive-{next(count)}.log")
-        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image)
+        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image, "fp32")
 
     def ours() -> dict[str, float]:
         rates = roofline()
@@ -316,9 +341,32 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
             **dict(item.split("=", 1) for item in args.serve_env),
         }
         server = Server([str(VENV_BIN / "serve")], serve_env, port, work / f"serve-{next(count)}.log")
-        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image)
+        last_serve.update(server=server, threads=serve_env.get("IMAGE_CLASSIFIER_THREADS_PER_WORKER", ""))
+        return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image, "auto")
 
-    return {"naive": naive, "ours": ours}
+    def model_only() -> dict[str, float]:
+        """The same graph and precision as the ``serve`` run just before, forward only, in-process."""
+        rates = roofline()
+        server = last_serve["server"]
+        photo = work / "photo.jpg"
+        photo.write_bytes(images[0])
+        threads = last_serve["threads"] or str(len(os.sched_getaffinity(0)))
+        command = [sys.executable, "-m", "local.bench.model_only", "--model-dir", str(work / "model"), "--photo", str(photo)]
+        command += ["--precision", server.chosen_precision(), "--graph", server.chosen_graph(), "--threads", threads]
+        out = subprocess.run(command, env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, check=True, timeout=600)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rate = rates["bfloat16" if result["precision"] == "bf16" else "float32"]
+        return {
+            "p50_ms_c1": result["p50_ms_c1"],
+            "images_per_s_c16": result["images_per_s_c16"],
+            "bf16": float(result["precision"] == "bf16"),
+            "roofline_fraction": result["images_per_s_c16"] / (rate / gflop_per_image),
+            "fp32_matmul_gflops": rates["float32"],
+            "bf16_matmul_gflops": rates["bfloat16"],
+        }
+
+    last_serve: dict[str, Any] = {}
+    return {"naive": naive, "ours": ours, "model_only": model_only}
 
 
 def serve_facts(work: Path) -> dict[str, Any]:
@@ -345,6 +393,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for serve")
     parser.add_argument("--wait-seconds", type=float, default=900, help="how long to wait for another MMS to finish")
     parser.add_argument("--name", default=None, help="result name (default serving, or serving_gpu on CUDA)")
+    parser.add_argument("--allow-busy", action="store_true", help="run on a busy machine; the result is marked not comparable")
     return parser
 
 
@@ -356,6 +405,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     wait_for_machine(args.wait_seconds)
+    require_quiet(args.allow_busy)
     images = photos()
     gflop_per_image = resnet50_gflop_per_image()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
@@ -369,22 +419,26 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{min(map(len, images)) // 1000}-{max(map(len, images)) // 1000} kB",
         "model": f"{ARCHITECTURE}, 1000 classes, random init with BN statistics of the photos, 224 px",
         "requests": f"{args.requests_c1} sequential (concurrency 1), {args.requests_c16} from {CONCURRENCY} clients, on 127.0.0.1",
-        "roofline": f"fp32 matmul {middle['ours']['fp32_matmul_gflops']:.0f} GFLOP/s / {gflop_per_image:.2f} GFLOP per ResNet-50 image "
-        f"(torch.utils.flop_counter at 224 px) = {middle['ours']['fp32_matmul_gflops'] / gflop_per_image:.1f} images/s; "
-        f"ours reaches {middle['ours']['fp32_roofline_fraction']:.0%} of it end to end, the naive server "
-        f"{middle['naive']['fp32_roofline_fraction']:.0%}; against the bf16 matmul rate ({middle['ours']['bf16_matmul_gflops']:.0f} GFLOP/s "
-        f"= {middle['ours']['bf16_matmul_gflops'] / gflop_per_image:.1f} images/s) ours reaches {middle['ours']['bf16_roofline_fraction']:.0%}",
+        "roofline": f"ResNet-50 costs {gflop_per_image:.2f} GFLOP per image (torch.utils.flop_counter at 224 px); each run measures "
+        f"the fp32 and the bf16 matmul rate (2048^3, every core) right before its server starts: {middle['ours']['fp32_matmul_gflops']:.0f} "
+        f"and {middle['ours']['bf16_matmul_gflops']:.0f} GFLOP/s. roofline_fraction is the c16 throughput over the rate of the precision "
+        f"the server runs in (bf16 = 1: serve chose bf16; the naive server is fp32)",
+        "outside the forward pass at c1": f"{middle['ours']['p50_ms_c1'] - middle['ours'].get('c1_forward_ms', 0.0):.1f} ms (p50 minus the "
+        "forward stage of serve's Server-Timing; the c1_* columns are the stage medians)",
+        "model_only": "the worker's forward step alone (stack, forward, softmax) with the graph and precision serve chose, in-process: "
+        "p50 at batch 1, images/s at batch 16 (local/bench/model_only.py)",
         "serve settings": " ".join(args.serve_env) or "defaults",
         "serve chose": json.dumps(facts),
         "device": args.device,
-        "load average at end": round(os.getloadavg()[0], 2),
     }
     document = write_result(
         args.name or ("serving" if args.device == "cpu" else "serving_gpu"),
         runs,
         ratios={
             "throughput c16, ours / naive": ("ours", "naive", "images_per_s_c16"),
+            "throughput c16, ours / model only": ("ours", "model_only", "images_per_s_c16"),
             "p50 c1, ours / naive": ("ours", "naive", "p50_ms_c1"),
+            "p50 c1, ours / model only": ("ours", "model_only", "p50_ms_c1"),
             "p99 c1, ours / naive": ("ours", "naive", "p99_ms_c1"),
             "cold start, ours / naive": ("ours", "naive", "cold_start_s"),
         },

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from local.bench.report import RESULTS_DIR, interleaved, medians, write_result
+from local.bench.report import RESULTS_DIR, interleaved, medians, require_quiet, write_result
 
 PHOTO_SIZE = (500, 375)
 LARGE_SIZE = (2000, 1500)
@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--valid-per-class", type=int, default=VALID_PER_CLASS)
     parser.add_argument("--gpu", action="store_true", help="only the GPU section (ResNet-50 AMP training on CUDA)")
     parser.add_argument("--gpu-per-class", type=int, default=256, help="training photos per class for --gpu")
+    parser.add_argument("--allow-busy", action="store_true", help="run on a busy machine; the results are marked not comparable")
     args = parser.parse_args(argv)
+    require_quiet(args.allow_busy)
     if args.gpu:
         bench_gpu(args.pairs, args.gpu_per_class)
         return

@@ -119,6 +119,27 @@ def test_an_untraceable_model_is_served_eager(caplog):
     assert runner.graph == "eager" and "event=serve_graph_failed" in caplog.text
 
 
+@pytest.mark.parametrize("missing", ["trace", "freeze"])
+def test_without_torchscript_serving_still_chooses_its_precision_and_answers(tiny_artifact, monkeypatch, caplog, missing):
+    """torch.jit is deprecated: the day a torch ships without it, every model is served eager, bf16 still decided."""
+
+    def gone(*_args, **_kwargs):
+        raise RuntimeError("TorchScript is not available in this build of torch")
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(torch.jit, missing, gone)
+    monkeypatch.setattr(fast_paths, "MIN_GFLOP_FOR_BF16", 0.0)
+    monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4))
+    assert runner.graph == "eager" and runner.precision in ("fp32", "bf16")
+    assert "event=serve_graph_failed precision=fp32 error=RuntimeError" in caplog.text
+    assert f"chosen={runner.precision} graph=eager" in caplog.text and "bf16_eager_ms=" in caplog.text  # bf16 still timed
+    model = LoadedModel(tiny_artifact, precision="fp32", graph="auto")
+    assert model.runner.graph == "eager"
+    probabilities = model.predict([Image.new("RGB", (40, 30), (200, 10, 10))])
+    assert len(probabilities[0]) == 3 and abs(sum(probabilities[0]) - 1) < 1e-5
+
+
 @pytest.mark.parametrize(("name", "value"), [("IMAGE_CLASSIFIER_PRECISION", "fp16"), ("IMAGE_CLASSIFIER_GRAPH", "compiled")])
 def test_unknown_settings_are_a_user_error(tiny_artifact, monkeypatch, name, value):
     monkeypatch.setenv(name, value)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ENVELOPE_TYPE = "application/x-image-classifier-batch"
 _LENGTH = struct.Struct(">I")
@@ -33,6 +34,9 @@ class Answer:
     status: int
     content_type: str
     body: bytes
+    worker_timing: dict[str, float] = field(default_factory=dict)  # the worker's stages (serving/timing.py), ms
+    round_trip_ms: float = 0.0  # the request to multi-model-server and back
+    queued_ms: float = 0.0  # waiting in the batcher for company
 
 
 def pack(parts: list[tuple[dict, bytes]]) -> bytes:
@@ -70,6 +74,7 @@ class _Pending:
     headers: dict[str, str]
     body: bytes
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    since: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
@@ -77,21 +82,28 @@ class Batcher:
 
     ``send(envelope)`` forwards an envelope to MMS and returns its parts' answers, or one answer
     that applies to every part (MMS itself failed: no worker, timeout).
+
+    At most ``max_in_flight`` envelopes are at MMS at once (one per worker; 0: no cap). While the
+    workers are busy, requests wait here rather than in MMS's queue, so they leave together as one
+    larger batch when a worker frees, instead of as many small envelopes queued behind each other.
     """
 
-    def __init__(self, send: Callable[[bytes], Awaitable[list[Answer]]], size: int, delay_seconds: float):
-        self.send, self.size, self.delay = send, size, delay_seconds
+    def __init__(self, send: Callable[[bytes], Awaitable[list[Answer]]], size: int, delay_seconds: float, max_in_flight: int = 0):
+        self.send, self.size, self.delay, self.max_in_flight = send, size, delay_seconds, max_in_flight
         self.pending: list[_Pending] = []
         self.timer: asyncio.TimerHandle | None = None
         self.in_flight = 0  # envelopes sent and not yet answered
         self.last_batch = 1  # requests in the last envelope
 
+    def _worker_free(self) -> bool:
+        return not self.max_in_flight or self.in_flight < self.max_in_flight
+
     async def submit(self, headers: dict[str, str], body: bytes) -> Answer:
         item = _Pending(headers, body)
         self.pending.append(item)
-        if len(self.pending) >= self.size:
+        if len(self.pending) >= self.size and self._worker_free():
             self._flush()
-        elif self.timer is None:
+        elif self.timer is None and self._worker_free():
             # low load (nothing in flight, the last envelope alone): go at once, no delay added to a lone
             # request; under load, wait up to the delay for the clients that were just answered
             quiet = self.in_flight == 0 and self.last_batch == 1
@@ -102,7 +114,9 @@ class Batcher:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        batch, self.pending = self.pending, []
+        if not self._worker_free():
+            return  # sent when an envelope comes back
+        batch, self.pending = self.pending[: self.size], self.pending[self.size :]
         if batch:
             self.last_batch = len(batch)
             asyncio.get_running_loop().create_task(self._send(batch))
@@ -113,8 +127,13 @@ class Batcher:
             await self._answer(batch)
         finally:
             self.in_flight -= 1
+            if self.pending and self.timer is None:
+                # a worker is free: a full batch goes now; otherwise the clients just answered get the delay to join
+                full = len(self.pending) >= self.size
+                self.timer = asyncio.get_running_loop().call_later(0 if full else self.delay, self._flush)
 
     async def _answer(self, batch: list[_Pending]) -> None:
+        sent = time.perf_counter()
         try:
             answers = await self.send(pack([(item.headers, item.body) for item in batch]))
         except BaseException as exc:  # noqa: BLE001 - every waiting client gets the error
@@ -128,6 +147,6 @@ class Batcher:
             if item.answer.done():
                 continue
             if len(answers) == len(batch):
-                item.answer.set_result(answers[i])
+                item.answer.set_result(replace(answers[i], queued_ms=(sent - item.since) * 1000))
             else:
                 item.answer.set_exception(ValueError(f"{len(answers)} answers for {len(batch)} requests"))

@@ -42,6 +42,7 @@ class ServingConfig:
     max_batch_delay_ms: int
     threads_per_worker: int
     mms_port: int
+    batches_in_flight: int = 0  # envelopes a model may have at MMS at once; 0: no limit
 
     @property
     def model_dir(self) -> Path:
@@ -76,4 +77,5 @@ class ServingConfig:
             max_batch_delay_ms=_int(env, params.MAX_BATCH_DELAY_ENV, DEFAULT_MAX_BATCH_DELAY_MS, minimum=0),
             threads_per_worker=_int(env, params.THREADS_ENV, max(1, cpus // workers)),
             mms_port=_int(env, params.MMS_PORT_ENV, 8090),
+            batches_in_flight=_int(env, params.BATCHES_IN_FLIGHT_ENV, workers, minimum=0),
         )

@@ -25,6 +25,7 @@ from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, un
 from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
+from image_classifier.serving.timing import WORKER_HEADER, front_stages, now_ms, parse_worker_header, server_timing
 
 log = logging.getLogger(__name__)
 FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
@@ -153,6 +154,7 @@ class Front:
         return await self._predict(request, _text(request.match_info["name"], "model name"))
 
     async def _predict(self, request: web.Request, model: str) -> web.Response:
+        started = now_ms()
         self._check_request(request)
         body = await request.read()
         if not body:
@@ -163,7 +165,10 @@ class Front:
         else:
             answer = await self._forward(model, body, headers)
         if answer.status == 200:
-            return web.Response(body=answer.body, status=200, headers={"Content-Type": answer.content_type})
+            stages = front_stages(now_ms() - started, answer.queued_ms, answer.round_trip_ms, answer.worker_timing)
+            return web.Response(
+                body=answer.body, status=200, headers={"Content-Type": answer.content_type, "Server-Timing": server_timing(stages)}
+            )
         if answer.status == 404:
             return json_error(404, f"model {model!r} is not loaded")
         return json_error(answer.status, error_message(answer.body, "model server error"))
@@ -176,8 +181,16 @@ class Front:
         """
         assert self.session is not None
         for attempt in range(2):
+            sent = now_ms()
             async with self.session.post(self.mms(f"/predictions/{quote(model, safe='')}"), data=body, headers=headers) as response:
-                answer = Answer(response.status, response.headers.get("Content-Type", JSON_TYPE), await response.read())
+                content = await response.read()
+                answer = Answer(
+                    response.status,
+                    response.headers.get("Content-Type", JSON_TYPE),
+                    content,
+                    parse_worker_header(response.headers.get(WORKER_HEADER)),
+                    now_ms() - sent,
+                )
             if answer.status < 500 or attempt:
                 break
             log.warning("event=mms_retry status=%d reason=%s", answer.status, error_message(answer.body, "").replace(" ", "_"))
@@ -191,9 +204,14 @@ class Front:
                 answer = await self._forward(model, envelope, {"Content-Type": ENVELOPE_TYPE})
                 if answer.status != 200 or not answer.content_type.startswith(ENVELOPE_TYPE):
                     return [answer]  # MMS itself failed: the same answer for every request
-                return [Answer(int(meta["status"]), str(meta["content_type"]), part) for meta, part in unpack(answer.body)]
+                return [
+                    Answer(int(meta["status"]), str(meta["content_type"]), part, dict(meta.get("timing") or {}), answer.round_trip_ms)
+                    for meta, part in unpack(answer.body)
+                ]
 
-            self.batchers[model] = Batcher(send, self.config.batch_size, self.config.max_batch_delay_ms / 1000)
+            self.batchers[model] = Batcher(
+                send, self.config.batch_size, self.config.max_batch_delay_ms / 1000, max_in_flight=self.config.batches_in_flight
+            )
         return self.batchers[model]
 
     def _check_request(self, request: web.Request) -> None:

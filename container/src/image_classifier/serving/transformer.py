@@ -26,6 +26,7 @@ from image_classifier.serving.codec import (
     response_options,
 )
 from image_classifier.serving.model import LoadedModel
+from image_classifier.serving.timing import WORKER_HEADER, now_ms, stopwatch, timed, worker_header
 
 log = logging.getLogger(__name__)
 Reply = tuple[int, str, bytes]  # status, content type, body
@@ -59,9 +60,13 @@ class BatchTransformer:
             self.model = LoadedModel(Path(model_dir or "."), threads)
 
     def transform(self, data, context) -> list[bytes]:
-        """MMS's entry point: each MMS request is one client request, or an envelope of several."""
+        """MMS's entry point: each MMS request is one client request, or an envelope of several.
+
+        Each answer carries where its time went (``timing``: in the envelope's metadata, or the
+        ``X-Ic-Worker-Timing`` header of a single request)."""
         responses: list[bytes] = []
         for idx, request in enumerate(data):
+            started = now_ms()
             headers, body = _headers(context, idx), _body(request)
             if media_type(headers.get("content-type")) == ENVELOPE_TYPE:
                 try:
@@ -69,31 +74,44 @@ class BatchTransformer:
                 except ValueError:
                     parts = None
                 if parts is not None:
-                    replies = self.answer(parts)
-                    body_out = pack([({"status": s, "content_type": t}, b) for s, t, b in replies])
+                    replies, timings = self.answer(parts)
+                    worker = now_ms() - started
+                    body_out = pack(
+                        [
+                            ({"status": s, "content_type": t, "timing": {"worker": worker, **timing}}, b)
+                            for (s, t, b), timing in zip(replies, timings, strict=True)
+                        ]
+                    )
                     status, content_type = 200, ENVELOPE_TYPE
                 else:
                     status, content_type, body_out = _error(400, "malformed batch envelope")
             else:
-                status, content_type, body_out = self.answer([(headers, body)])[0]
+                (reply,), (timing,) = self.answer([(headers, body)])
+                status, content_type, body_out = reply
+                context.set_response_header(idx, WORKER_HEADER, worker_header({"worker": now_ms() - started, **timing}))
             # MMS writes the reason phrase with its character count as the byte count: keep it ASCII
             context.set_response_status(status, "OK" if status == 200 else "error", idx)
             context.set_response_content_type(idx, content_type)
             responses.append(body_out)
         return responses
 
-    def answer(self, requests: list[tuple[dict[str, str], bytes]]) -> list[Reply]:
-        """One reply per request; the images of every good request run through the model together."""
+    def answer(self, requests: list[tuple[dict[str, str], bytes]]) -> tuple[list[Reply], list[dict[str, float]]]:
+        """One reply per request, and where its time went; the images of every good request run together."""
         assert self.model is not None
         replies: list[Reply | None] = [None] * len(requests)
+        timings: list[dict[str, float]] = [{} for _ in requests]
         accepted: list[tuple[int, ResponseOptions, int, int]] = []
         tensors: list = []
         for idx, (headers, body) in enumerate(requests):
+            timing = timings[idx]
             try:
                 options = response_options(
                     headers.get("accept"), headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()), len(self.model.classes)
                 )
-                decoded = decode_request(body, headers.get("content-type"), self.model.prepare, self.model.draft_size)
+                with stopwatch(timing, "decode"):
+                    prepare = timed(self.model.prepare, timing, "preprocess")
+                    decoded = decode_request(body, headers.get("content-type"), prepare, self.model.draft_size)
+                timing["decode"] -= timing.get("preprocess", 0.0)
             except RequestError as exc:
                 replies[idx] = _error(exc.status, exc.message)
                 continue
@@ -105,14 +123,18 @@ class BatchTransformer:
             tensors += decoded
         log.info("event=batch requests=%d accepted=%d images=%d", len(requests), len(accepted), len(tensors))
         if accepted:
+            forward: dict[str, float] = {}
             try:
-                probabilities = self.model.predict_tensors(tensors)
+                with stopwatch(forward, "forward"):
+                    probabilities = self.model.predict_tensors(tensors)
             except Exception as exc:
                 log.exception("event=predict_failed")
                 for idx, *_ in accepted:
                     replies[idx] = _error(500, f"inference failed: {type(exc).__name__}")
             else:
                 for idx, options, start, stop in accepted:
-                    body, content_type = encode_predictions(probabilities[start:stop], self.model.classes, options)
+                    with stopwatch(timings[idx], "encode"):
+                        body, content_type = encode_predictions(probabilities[start:stop], self.model.classes, options)
                     replies[idx] = (200, content_type, body)
-        return [reply or _error(500, "no answer") for reply in replies]
+                    timings[idx] |= {"forward": forward["forward"], "images": float(len(tensors))}
+        return [reply or _error(500, "no answer") for reply in replies], timings
