@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import shutil
 import statistics
@@ -93,7 +94,7 @@ def main() -> None:
             except Exception as exc:  # noqa: BLE001 - a path that does not build here is reported, not fatal
                 compile_seconds[f"{precision} {kind}"] = float("nan")
                 print(f"event=graph_failed variant={precision}_{kind} error={type(exc).__name__}: {str(exc)[:200]}", flush=True)
-    variants = {name: (lambda f=forward, p=name.split()[0]: measure(f, p)) for name, forward in built.items()}
+    variants = {name: functools.partial(measure, forward, name.split()[0]) for name, forward in built.items()}
     runs = interleaved(variants, pairs=args.pairs)
     middle = medians(runs)
     ratios = {}
