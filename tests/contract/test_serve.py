@@ -46,9 +46,17 @@ def reference(digits_job):
 
 
 def _expected(reference, data: bytes):
+    """The calibrated softmax, computed here from the raw logits and the card's temperature."""
+
     from image_classifier.serving.codec import decode_image
 
-    return reference.predict([decode_image(data)])[0]
+    logits = reference.runner(reference._batch([reference.prepare(decode_image(data))]))
+    return (logits / reference.card.temperature).softmax(dim=1)[0].tolist()
+
+
+def test_the_model_card_carries_a_fitted_temperature(reference):
+    assert reference.card.temperature is not None and reference.card.temperature != 1.0
+    assert reference.temperature == reference.card.temperature
 
 
 def _check(answer: dict, expected: list[float], classes: list[str]):

@@ -53,7 +53,7 @@ def test_output_data(digits_job):
     metrics = read_json(out / "metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     assert metrics["final"]["bad_images"] == 2  # the planted truncated PNG and garbage JPEG
-    for png in ("learning_curves.png", "confusion_matrix.png"):
+    for png in ("learning_curves.png", "confusion_matrix.png", "reliability_diagram.png"):
         with Image.open(out / png) as image:
             assert image.format == "PNG" and image.size[0] > 300
     rows = list(csv.DictReader((out / "per_class_metrics.csv").open()))
@@ -65,6 +65,22 @@ def test_output_data(digits_job):
     html = (out / "training_report.html").read_text()
     assert "data:image/png;base64," in html and "Checks" in html
     assert not (base / "output" / "failure").exists()
+
+
+def test_calibration_is_fitted_on_validation_and_helps_on_test(digits_job):
+    """Label smoothing leaves the softmax too modest: one temperature, fitted on validation, lowers test NLL."""
+    base, _ = digits_job
+    calibration = read_json(base / "output" / "data" / "metrics.json")["calibration"]
+    card = read_json(base / "model" / "model_card.json")
+    assert card["temperature"] == calibration["temperature"] and 0.05 <= card["temperature"] <= 20
+    assert card["calibration"] == calibration["splits"]
+    for split in ("valid", "test"):
+        values = calibration["splits"][split]
+        assert values["nll_after"] < values["nll_before"], (split, values)
+    assert sum(row["count"] for row in calibration["diagrams"]["test"]["after"]) == 200
+    report = read_json(base / "output" / "data" / "training_report.json")
+    assert report["calibration"]["temperature"] == card["temperature"]
+    assert "Calibration" in (base / "output" / "data" / "training_report.html").read_text()
 
 
 def test_tensorboard_scalars(digits_job):

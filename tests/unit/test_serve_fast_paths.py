@@ -195,3 +195,12 @@ def test_on_cuda_the_model_serves_from_the_gpu_and_answers_like_the_cpu(tiny_art
     tolerance = 1e-3 if gpu.runner.precision == "fp32" else 2e-2  # TF32 convolutions on Ampere and later
     for expected, got in zip(cpu.predict(images), gpu.predict(images), strict=True):
         assert got == pytest.approx(expected, abs=tolerance)
+
+
+def test_a_card_without_a_temperature_serves_the_plain_softmax(tiny_artifact):
+    """Cards written before calibration have no temperature: their answers do not change."""
+    model = LoadedModel(tiny_artifact, precision="fp32", graph="eager")
+    assert model.card.temperature is None and model.temperature == 1.0
+    image = model.prepare(Image.new("RGB", (40, 30), (20, 200, 10)))
+    expected = model.runner(model._batch([image])).softmax(dim=1)[0].tolist()
+    assert model.predict_tensors([image])[0] == pytest.approx(expected, abs=1e-7)

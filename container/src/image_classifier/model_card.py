@@ -48,6 +48,9 @@ class ModelCard(BaseModel):
     pretrained: dict[str, str] | None
     job_name: str
     created_at: str
+    # divide the logits by this before the softmax (fitted on validation); absent in older cards: 1
+    temperature: float | None = None
+    calibration: dict[str, dict[str, float]] | None = None  # split -> NLL and ECE before/after
 
 
 def library_versions() -> dict[str, str]:

@@ -55,6 +55,7 @@ class LoadedModel:
         self.device = serving_device()
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
+        self.temperature = self.card.temperature or 1.0  # fitted on validation; 1 for cards from before calibration
         data_config = DataConfig(**self.card.preprocessing.model_dump())
         self.transform = eval_transform(data_config)
         self.draft_size = data_config.resize_size  # JPEGs decode at reduced scale down to this, as in training
@@ -84,8 +85,8 @@ class LoadedModel:
 
     @torch.inference_mode()
     def predict_tensors(self, tensors: list[torch.Tensor]) -> list[list[float]]:
-        """Class probabilities for each prepared image, the whole list as one batch."""
-        return self.runner(self._batch(tensors)).softmax(dim=1).tolist()
+        """Calibrated class probabilities (softmax of logits / temperature) for each prepared image, as one batch."""
+        return (self.runner(self._batch(tensors)) / self.temperature).softmax(dim=1).tolist()
 
     def _batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(tensors).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)

@@ -78,6 +78,7 @@ class EvalResult:
     top5: float
     labels: list[int] = field(default_factory=list)
     preds: list[int] = field(default_factory=list)
+    logits: torch.Tensor | None = None  # fp32, every sample (with keep_predictions), for calibration
 
 
 def train_one_epoch(
@@ -186,6 +187,7 @@ def evaluate(
     total_loss = correct = top5 = seen = 0.0
     labels_all: list[int] = []
     preds_all: list[int] = []
+    logits_all: list[list[float]] = []
     for images, labels, _ in loader:
         if labels.numel() == 0:
             continue
@@ -203,8 +205,11 @@ def evaluate(
         if keep_predictions:
             labels_all += labels.tolist()
             preds_all += topk[:, 0].tolist()
+            logits_all += logits.cpu().tolist()
     total_loss, correct, top5, seen = all_reduce_sum([total_loss, correct, top5, seen], world, device)
+    kept_logits = None
     if keep_predictions:
-        labels_all, preds_all = gather_lists(labels_all, world), gather_lists(preds_all, world)
+        labels_all, preds_all, logits_all = (gather_lists(values, world) for values in (labels_all, preds_all, logits_all))
+        kept_logits = torch.tensor(logits_all, dtype=torch.float32) if logits_all else None
     n = max(seen, 1)
-    return EvalResult(total_loss / n, correct / n, top5 / n, labels_all, preds_all)
+    return EvalResult(total_loss / n, correct / n, top5 / n, labels_all, preds_all, kept_logits)

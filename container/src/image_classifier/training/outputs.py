@@ -22,6 +22,7 @@ from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
 from image_classifier.model_card import write_artifact
 from image_classifier.training import reports
+from image_classifier.training.calibration import Calibration
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.engine import EvalResult
 from image_classifier.training.progress import Progress
@@ -45,6 +46,7 @@ class JobSummary:
     checks: TrainingChecks | None
     system: dict[str, float]  # CPU/GPU/memory use sampled during the epochs
     pretrained: dict[str, str] | None  # where the starting weights came from, and their sha256
+    calibration: Calibration | None = None  # the temperature and its effect, if fitted
 
 
 def write_outputs(
@@ -68,7 +70,11 @@ def write_outputs(
     reports.plot_confusion(matrix, classes, output_dir / params.CONFUSION_MATRIX_FILE, f"{final.split} confusion matrix")
     if history:
         reports.plot_learning_curves(history, output_dir / params.LEARNING_CURVES_FILE)
-    metrics = {"final": final.metrics, "history": history, "eval_split": final.split, "classes": classes}
+    calibration = summary.calibration
+    metrics: dict[str, Any] = {"final": final.metrics, "history": history, "eval_split": final.split, "classes": classes}
+    if calibration is not None:
+        metrics["calibration"] = {"temperature": calibration.temperature, "splits": calibration.splits, "diagrams": calibration.diagrams}
+        reports.plot_reliability(calibration.diagrams, calibration.temperature, output_dir / params.RELIABILITY_FILE)
     (output_dir / params.METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     for key in ("test_acc", "test_loss", "best_valid_acc"):
         if key in final.metrics:
@@ -85,6 +91,8 @@ def write_outputs(
         hyperparameters=hp.model_dump(),
         pretrained=summary.pretrained,
         job_name=env.job_name,
+        temperature=calibration.temperature if calibration else None,
+        calibration=calibration.splits if calibration else None,
     )
     report = {
         "job_name": env.job_name,
@@ -99,6 +107,7 @@ def write_outputs(
         "system": summary.system,
         "weights_sha256": card.weights_sha256,
         "profiler_trace": str(env.tensorboard_dir / params.PROFILER_DIR) if hp.profile else None,
+        "calibration": {"temperature": calibration.temperature, "splits": calibration.splits} if calibration else None,
     }
     reports.write_report(report, output_dir)
     log.info(format_line("artifact", model_dir=str(env.model_dir), weights_sha256=card.weights_sha256[:12]))

@@ -60,6 +60,22 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_reliability(diagrams: dict[str, dict[str, list[dict[str, float]]]], temperature: float, path: Path) -> None:
+    """Confidence against accuracy per bin, before and after the temperature, one panel per split."""
+    fig, axes = plt.subplots(1, len(diagrams), figsize=(5 * len(diagrams), 4.5), squeeze=False)
+    for ax, (split, sides) in zip(axes[0], diagrams.items(), strict=True):
+        ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+        for side, style in (("before", "-o"), ("after", "-s")):
+            rows = [r for r in sides[side] if r["count"]]
+            label = "softmax" if side == "before" else f"softmax(logits / {temperature:.3g})"
+            ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], style, label=label)
+        ax.set(title=f"{split}: reliability", xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     size = max(5.0, min(30.0, 0.25 * len(classes) + 3))
     fig, ax = plt.subplots(figsize=(size, size))
@@ -97,6 +113,12 @@ def write_report(report: dict, output_dir: Path) -> None:
         f"<tr><td>{h['epoch']}</td><td>{h['epoch_seconds']:.1f}</td><td>{h['images_per_sec']:.1f}</td><td>{h['data_wait_fraction']:.2f}</td></tr>"
         for h in report.get("history", [])
     )
+    calibration_rows = "".join(
+        f"<tr><td>{html.escape(split)}</td>"
+        + "".join(f"<td>{values[k]:.4f}</td>" for k in ("nll_before", "nll_after", "ece_before", "ece_after"))
+        + "</tr>"
+        for split, values in ((report.get("calibration") or {}).get("splits") or {}).items()
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Training report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:2px 8px}}img{{max-width:100%}}</style></head><body>
 <h1>Training report: {html.escape(str(report.get("job_name")))}</h1>
@@ -105,6 +127,9 @@ def write_report(report: dict, output_dir: Path) -> None:
 <h2>Final metrics</h2><table>{metric_rows}</table>
 <h2>Learning curves</h2>{_embedded_png(output_dir / params.LEARNING_CURVES_FILE)}
 <h2>Confusion matrix</h2>{_embedded_png(output_dir / params.CONFUSION_MATRIX_FILE)}
+<h2>Calibration</h2><table><tr><th>split</th><th>NLL before</th><th>NLL after</th><th>ECE before</th><th>ECE after</th></tr>{calibration_rows}</table>
+<p>temperature {html.escape(str((report.get("calibration") or {}).get("temperature", "not fitted")))} (fitted on validation; serving divides the logits by it)</p>
+{_embedded_png(output_dir / params.RELIABILITY_FILE)}
 <h2>Time per epoch</h2><table><tr><th>epoch</th><th>seconds</th><th>images/s</th><th>data wait share</th></tr>{timing_rows}</table>
 <h2>System</h2><table>{system_rows}</table>
 </body></html>

@@ -28,10 +28,11 @@ from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
 from image_classifier.training import inputs, optim
 from image_classifier.training.background_writes import BackgroundWriter
+from image_classifier.training.calibration import Calibration, calibrate
 from image_classifier.training.checkpoints import RunCheckpoints
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, init_world, shutdown
-from image_classifier.training.engine import Precision, StopFlag, StopRequested, evaluate, train_one_epoch
+from image_classifier.training.engine import EvalResult, Precision, StopFlag, StopRequested, evaluate, train_one_epoch
 from image_classifier.training.outputs import FinalEvaluation, JobSummary, write_outputs
 from image_classifier.training.profiling import SystemSampler, trace_window
 from image_classifier.training.progress import Progress, Stateful
@@ -110,16 +111,19 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
         # 7. the kept model (best validation epoch) on the test split
         if progress.best_state is not None:
             trainee.model.load_state_dict(progress.best_state)
+        valid = evaluate(trainee.runner, loaders.valid, device, trainee.runner_precision, world, keep_predictions=True)
         if data.test is not None:
             held_out = inputs.held_out_loader(data, built.data_config, hp, world, workers=workers, pin=pin)
             final = final_evaluation(trainee.full, held_out, "test", trainee.precision, progress, world, device)
         else:
-            final = final_evaluation(trainee.runner, loaders.valid, "validation", trainee.runner_precision, progress, world, device)
+            final = FinalEvaluation(final_metrics(progress), valid, "validation")
+        # 8. one temperature on validation: probabilities that mean what they say
+        calibration = calibrate_outputs(valid, final)
         final.metrics["train_seconds"] = time.perf_counter() - started
-        # 8. the artifact, metrics and report
+        # 9. the artifact, metrics and report
         if world.is_main:
             log.info(format_line("final", **final.metrics))
-            summary = JobSummary(checks, system, built.pretrained)
+            summary = JobSummary(checks, system, built.pretrained, calibration)
             write_outputs(
                 env,
                 hp,
@@ -251,16 +255,27 @@ def log_epoch(entry: dict[str, float], tensorboard) -> None:
     tensorboard.flush()
 
 
+def final_metrics(progress: Progress) -> dict[str, float]:
+    return {"best_valid_acc": progress.best_valid_acc, "bad_images": progress.bad_images, "epochs_completed": len(progress.history)}
+
+
 def final_evaluation(
     model: nn.Module, loader, split: str, precision: Precision, progress: Progress, world: World, device: torch.device
 ) -> FinalEvaluation:
     """Loss, accuracy and top-5 of the kept model, with every prediction for the confusion matrix."""
-    metrics: dict[str, float] = {
-        "best_valid_acc": progress.best_valid_acc,
-        "bad_images": progress.bad_images,
-        "epochs_completed": len(progress.history),
-    }
+    metrics = final_metrics(progress)
     result = evaluate(model, loader, device, precision, world, keep_predictions=True)
     if split == "test":
         metrics.update(test_loss=result.loss, test_acc=result.accuracy, test_top5_acc=result.top5)
     return FinalEvaluation(metrics, result, split)
+
+
+def calibrate_outputs(valid: EvalResult, final: FinalEvaluation) -> Calibration | None:
+    """Fit the temperature on validation's logits; measure it there and on test."""
+    if valid.logits is None or not len(valid.labels):
+        return None
+    labels = torch.tensor(valid.labels)
+    test = None
+    if final.split == "test" and final.result.logits is not None:
+        test = (final.result.logits, torch.tensor(final.result.labels))
+    return calibrate((valid.logits, labels), test)
