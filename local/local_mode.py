@@ -29,6 +29,9 @@ DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never ass
 # The SDK wants a PyTorch version even with image_uri: the torch in our image (it only decides that
 # PyTorchModel repacks the code into model.tar.gz, which every version >= 1.2 does)
 FRAMEWORK_VERSION = "2.14"
+# Without a code location the SDK asks STS for the account's default bucket before it sees local_code
+# (nothing is uploaded there in local mode)
+LOCAL_CODE_LOCATION = "s3://local-mode/code"
 
 
 def _quiet_sdk() -> None:
@@ -115,6 +118,7 @@ def pytorch_model(image: str, model_data: str, source_dir: Path, entry_point: st
         source_dir=str(source_dir),
         framework_version=FRAMEWORK_VERSION,
         role=DUMMY_ROLE,
+        code_location=LOCAL_CODE_LOCATION,
         sagemaker_session=local_session(output),
     )
 

@@ -25,7 +25,9 @@ def test_the_pytorch_estimators_hyperparameters(torchrun, expected, tmp_path):
     """PyTorch(entry_point=..., source_dir=..., distribution=...) as fit() prepares it, read by our launcher."""
     from local.local_mode import pytorch_estimator
 
-    estimator = pytorch_estimator("image-classifier:local", USER_SCRIPT_DIR, "train.py", {"greeting": "hi"}, torchrun=torchrun, output=tmp_path)
+    estimator = pytorch_estimator(
+        "image-classifier:local", USER_SCRIPT_DIR, "train.py", {"greeting": "hi"}, torchrun=torchrun, output=tmp_path
+    )
     estimator._prepare_for_training(job_name="script-mode-1")  # what fit() does before the job starts
     hps = estimator.hyperparameters()
     assert json.loads(hps[params.PROGRAM_PARAM]) == "train.py"
@@ -49,3 +51,22 @@ def test_processes_per_host_as_the_toolkits_runners_read_it():
 def test_a_distribution_without_its_launcher_names_the_alternative():
     with pytest.raises(UserError, match=r"distribution 'pytorchddp' is not supported by this image.*torch_distributed"):
         plan(_env({"sagemaker_pytorch_ddp_enabled": "true"}), gpus=8)
+
+
+def test_pytorch_model_packs_the_code_where_serve_looks_for_it(tmp_path):
+    """PyTorchModel(entry_point="inference.py") repacks model.tar.gz with code/ and names it in SAGEMAKER_PROGRAM."""
+    import tarfile
+
+    from image_classifier.serving import user_code
+    from local.local_mode import pytorch_model
+
+    tar = tmp_path / "model.tar.gz"
+    (tmp_path / "classes.json").write_text("[]")
+    with tarfile.open(tar, "w:gz") as archive:
+        archive.add(tmp_path / "classes.json", "classes.json")
+    model = pytorch_model("image-classifier:local", f"file://{tar}", USER_SCRIPT_DIR, "inference.py", tmp_path / "out")
+    environment = model.prepare_container_def(instance_type="local")["Environment"]
+    with tarfile.open(tar) as archive:
+        archive.extractall(tmp_path / "extracted", filter="data")
+    found = user_code.find(tmp_path / "extracted", environment)
+    assert environment[params.USER_PROGRAM_ENV] == "inference.py" and found is not None and found.has_model_fn
