@@ -5,8 +5,8 @@ A job that names a script (the SDK's ``entry_point`` arrives as ``sagemaker_prog
 4.9.0 does what it does in AWS's framework containers: fetches the code into /opt/ml/code, installs
 its requirements.txt, sets ``SM_CHANNEL_*``, ``SM_HPS``, ``SM_MODEL_DIR``, ``SM_NUM_GPUS`` and the rest,
 passes the hyperparameters as flags, streams the output, and writes ``output/failure`` (or
-``output/success``). We plug in where AWS's PyTorch container does, ``SAGEMAKER_TRAINING_MODULE``,
-(``script_runner``) and decide two things ourselves:
+``output/success``). We plug in where AWS's PyTorch container does, ``SAGEMAKER_TRAINING_MODULE``
+(``script_runner``), and decide two things ourselves:
 
 - processes: one per host (the toolkit's process runner), or with the SDK's
   ``distribution={"torch_distributed": {"enabled": True}}`` our torchrun launch (``launcher``), one
