@@ -19,7 +19,7 @@ FROM ${BASE_IMAGE} AS builder
 ARG PIP_FIND_LINKS=""
 ARG TORCH_INDEX_URL=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-# smdebug compiles a small C extension: compilers live in this stage only
+# smdebug and sagemaker-training compile small C extensions: compilers live in this stage only
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -29,6 +29,7 @@ COPY docker/requirements.lock /tmp/requirements.lock
 RUN pip install ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"} ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements.lock \
  && pip check
+# after the lock, so that our `train` console script replaces sagemaker-training's (script mode runs through ours)
 COPY container/ /tmp/container/
 RUN pip install --no-deps /tmp/container && rm -rf /tmp/container
 

@@ -12,6 +12,8 @@ PYTEST := $(VENV)/bin/pytest
 
 venv: $(STAMP)
 
+# The package after the locks: its `train` console script replaces sagemaker-training's (script mode runs
+# through ours); pip reinstalls an editable package every time, so this order holds on every update.
 $(STAMP): $(LOCKS) container/pyproject.toml | system-deps
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(foreach l,$(LOCKS),-r $(l))

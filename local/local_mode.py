@@ -3,7 +3,10 @@
 The same calls as on AWS, run by ``LocalSession`` with Docker on this machine: ``file://`` data,
 ``instance_type="local"`` (or ``"local_gpu"``), ``instance_count`` > 1 for multi-host DDP over
 a Docker network. Local mode publishes the endpoint on port 8080 of every interface (its own
-behaviour).
+behaviour). ``local_code`` is on: the SDK mounts ``source_dir`` instead of uploading it to S3.
+
+Our trainer and handler: ``train`` and ``deploy_and_predict``. A user's own scripts in the same
+image (script mode, docs/script-mode.md): ``pytorch_estimator`` and ``pytorch_model``.
 
     python -m local.local_mode          # image-classifier:local on ./local/opt_ml (make local-data), 1 instance
 
@@ -23,6 +26,12 @@ from pathlib import Path
 from image_classifier.metrics import metric_definitions
 
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
+# The SDK wants a PyTorch version even with image_uri: the torch in our image (it only decides that
+# PyTorchModel repacks the code into model.tar.gz, which every version >= 1.2 does)
+FRAMEWORK_VERSION = "2.14"
+# Without a code location the SDK asks STS for the account's default bucket before it sees local_code
+# (nothing is uploaded there in local mode)
+LOCAL_CODE_LOCATION = "s3://local-mode/code"
 
 
 def _quiet_sdk() -> None:
@@ -36,15 +45,21 @@ def _quiet_sdk() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
 
 
-def train(image: str, data: Path, output: Path, hyperparameters: dict[str, str], instance_type: str = "local", instance_count: int = 1):
+def local_session(output: Path):
     _quiet_sdk()
     import boto3
-    from sagemaker.estimator import Estimator
     from sagemaker.local import LocalSession
 
     session = LocalSession(boto_session=boto3.Session(region_name=os.environ["AWS_DEFAULT_REGION"]))
     session.config = {"local": {"local_code": True, "container_root": str(output / "containers")}}
     (output / "containers").mkdir(parents=True, exist_ok=True)
+    return session
+
+
+def train(image: str, data: Path, output: Path, hyperparameters: dict[str, str], instance_type: str = "local", instance_count: int = 1):
+    from sagemaker.estimator import Estimator
+
+    session = local_session(output)
     estimator = Estimator(
         image_uri=image,
         role=DUMMY_ROLE,
@@ -57,6 +72,55 @@ def train(image: str, data: Path, output: Path, hyperparameters: dict[str, str],
     )
     estimator.fit(channels_for(data, hyperparameters.get("model", "resnet50")), wait=True, logs=True)
     return estimator
+
+
+def pytorch_estimator(
+    image: str,
+    source_dir: Path,
+    entry_point: str,
+    hyperparameters: dict[str, str],
+    instance_type: str = "local",
+    instance_count: int = 1,
+    torchrun: bool = False,
+    output: Path | None = None,
+):
+    """The SDK's script mode on our image: ``PyTorch(entry_point=..., source_dir=..., image_uri=...)``."""
+    from sagemaker.pytorch import PyTorch
+
+    output = output or Path(tempfile.mkdtemp(prefix="local-mode-"))
+    return PyTorch(
+        entry_point=entry_point,
+        source_dir=str(source_dir),
+        image_uri=image,
+        framework_version=FRAMEWORK_VERSION,
+        py_version="py311",
+        role=DUMMY_ROLE,
+        instance_count=instance_count,
+        instance_type=instance_type,
+        output_path=f"file://{output.resolve()}",
+        hyperparameters=hyperparameters,
+        distribution={"torch_distributed": {"enabled": True}} if torchrun else None,
+        sagemaker_session=local_session(output),
+    )
+
+
+def pytorch_model(image: str, model_data: str, source_dir: Path, entry_point: str, output: Path):
+    """A model served by the user's own inference code: ``PyTorchModel(entry_point=..., image_uri=...)``.
+
+    The SDK packs ``source_dir`` into model.tar.gz as ``code/`` (with ``local_code``, the local
+    ``model_data`` file itself is repacked) and sets ``SAGEMAKER_PROGRAM``."""
+    from sagemaker.pytorch import PyTorchModel
+
+    return PyTorchModel(
+        model_data=model_data,
+        image_uri=image,
+        entry_point=entry_point,
+        source_dir=str(source_dir),
+        framework_version=FRAMEWORK_VERSION,
+        role=DUMMY_ROLE,
+        code_location=LOCAL_CODE_LOCATION,
+        sagemaker_session=local_session(output),
+    )
 
 
 def channels_for(data: Path, model: str) -> dict[str, str]:

@@ -97,6 +97,17 @@ def digits_job(tmp_path_factory, digits_data):
 
 
 @pytest.fixture(scope="session")
+def script_job(tmp_path_factory, digits_data):
+    """A user's own training script (tests/user_script/train.py) run by `train` in script mode."""
+    from tests.helpers import script_mode_hps
+
+    base = tmp_path_factory.mktemp("script_job")
+    result = run_train(base, digits_data, script_mode_hps())
+    assert result.returncode == 0, result.stdout[-4000:]
+    return base, result
+
+
+@pytest.fixture(scope="session")
 def digits5_job(tmp_path_factory):
     """A second, differently trained model (5 classes) for the multi-model endpoint."""
     from local.sample_data import write_digits

@@ -31,6 +31,19 @@ DIGITS_HPS = {
 }
 
 
+USER_SCRIPT_DIR = REPO_ROOT / "tests" / "user_script"  # a user's train.py, inference.py, requirements.txt
+
+
+def script_mode_hps(**extra: str) -> dict[str, str]:
+    """What the SDK's ``PyTorch(entry_point="train.py", source_dir=...)`` writes: every value JSON-encoded."""
+    given = {"greeting": "hello", **extra}
+    return {
+        "sagemaker_program": json.dumps("train.py"),
+        "sagemaker_submit_directory": json.dumps(str(USER_SCRIPT_DIR)),
+        **{k: v if k.startswith("sagemaker_") else json.dumps(v) for k, v in given.items()},
+    }
+
+
 def train_env(base: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
     env.update(

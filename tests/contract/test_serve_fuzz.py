@@ -6,6 +6,9 @@ must get 200, so a server that refused everything with 400 would fail here. Fuzz
 raw and inside JSON batches, several at a time so MMS batches them together. Afterwards the
 very same workers are alive and a good request succeeds.
 
+The model is one of ours (a model card, our handler): a model with its own inference code decides
+its own content types and may answer 5xx (tests/contract/test_serve_user_code.py).
+
 Each test keeps its own tally and compares the workers with those it found at its start, so
 the tests pass or fail alone, in any order, sharing only the (module-scoped) server.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import requests
 
@@ -57,3 +59,42 @@ def test_loading_a_missing_folder_is_a_404(mme):
     response = requests.post(f"{mme.url}/models", json={"model_name": "ghost", "url": "/nonexistent/model"}, timeout=30)
     assert response.status_code == 404 and "error" in response.json()
     assert requests.post(f"{mme.url}/models", data=b"not json", timeout=30).status_code == 400
+
+
+# an output_fn alone, on one of our artifacts: our model_fn, input_fn and predict_fn serve the rest
+OUTPUT_FN_ONLY = '''
+def output_fn(prediction, accept):
+    """Our predict_fn's {"classes", "probabilities"}, one CSV line per image."""
+    best = [max(range(len(row)), key=row.__getitem__) for row in prediction["probabilities"]]
+    lines = [f"{prediction['classes'][i]},{row[i]:.6f}" for i, row in zip(best, prediction["probabilities"])]
+    return "\\n".join(lines) + "\\n", "text/csv"
+'''
+
+
+def test_each_model_is_served_by_its_own_code_or_ours(mme, digits_job, script_job, digits_data, sample_images, tmp_path):
+    from tests.contract.test_serve_user_code import csv_row, user_model
+
+    user = user_model(script_job, tmp_path / "user") / "model"
+    reformatted = tmp_path / "reformatted" / "model"
+    shutil.copytree(digits_job[0] / "model", reformatted)
+    (reformatted / "code").mkdir()
+    (reformatted / "code" / "inference.py").write_text(OUTPUT_FN_ONLY)
+    for name, url in (("ours", digits_job[0] / "model"), ("user", user), ("reformatted", reformatted)):
+        response = requests.post(f"{mme.url}/models", json={"model_name": name, "url": str(url)}, timeout=300)
+        assert response.status_code == 200, response.text
+
+    png = {"data": sample_images["png"], "headers": {"Content-Type": "image/png"}, "timeout": 60}
+    ours = requests.post(f"{mme.url}/models/ours/invoke", **png)
+    assert ours.status_code == 200 and ours.headers["Content-Type"] == "application/json"
+    top = ours.json()["predictions"][0]
+    reformatted_answer = requests.post(f"{mme.url}/models/reformatted/invoke", **png)
+    assert reformatted_answer.status_code == 200 and reformatted_answer.headers["Content-Type"] == "text/csv"
+    label, probability = reformatted_answer.text.strip().split(",")
+    assert label == top["label"] and float(probability) == pytest.approx(top["probability"], abs=1e-4)
+    row = csv_row(next((digits_data / "test" / "digit_7").glob("*.png")))
+    user_answer = requests.post(f"{mme.url}/models/user/invoke", data=row, headers={"Content-Type": "text/csv"}, timeout=60)
+    assert user_answer.status_code == 200 and user_answer.json()["model"] == "nearest-centroid"
+    refused = requests.post(f"{mme.url}/models/user/invoke", **png)  # its input_fn, not our decoder, decides
+    assert refused.status_code == 415 and "input_fn" in refused.json()["error"]
+    for name in ("ours", "user", "reformatted"):
+        assert requests.delete(f"{mme.url}/models/{name}", timeout=60).status_code == 200

@@ -3,7 +3,8 @@
 schemathesis generates requests from the description (valid and invalid parameters, headers,
 bodies, undeclared methods) and checks every answer: never a 5xx, only documented statuses and
 content types, bodies that match their schemas, 405 with ``Allow``. Run against a single-model
-server and against a multi-model endpoint (where ``/models`` is live).
+server and against a multi-model endpoint (where ``/models`` is live), each with a model of ours: the
+description is of our handler, not of a model with its own code/inference.py (test_serve_user_code.py).
 """
 
 from __future__ import annotations

@@ -18,11 +18,16 @@ from tests.helpers import DIGITS_HPS, VENV_BIN, read_json
 
 
 def test_the_train_on_path_is_ours_and_only_one():
+    """sagemaker-training (installed for script mode) declares a `train` console script too; ours replaces it."""
+    from importlib.metadata import distribution
+
+    theirs = {e.name: e.value for e in distribution("sagemaker-training").entry_points if e.group == "console_scripts"}
+    assert theirs == {"train": "sagemaker_training.cli.train:main"}  # the competitor is really installed
     found = subprocess.run(["bash", "-c", f"PATH={VENV_BIN}:$PATH type -ap train"], capture_output=True, text=True).stdout.split()
     assert found and found[0] == str(VENV_BIN / "train")
     assert len({p for p in found if p.startswith(str(VENV_BIN))}) == 1
     script = (VENV_BIN / "train").read_text()
-    assert "image_classifier.training.launcher" in script and "sagemaker_training" not in script
+    assert "from image_classifier.training.launcher import cli" in script and "sagemaker_training.cli" not in script
     help_text = subprocess.run([str(VENV_BIN / "train"), "--help"], capture_output=True, text=True).stdout
     assert "Fine-tune a pretrained image classifier" in help_text and "--freeze" in help_text
 

@@ -94,6 +94,20 @@ SINGLE_MODEL_NAME = "model"
 MAX_IMAGE_PIXELS = 40_000_000  # larger declared sizes are refused before decoding
 MAX_IMAGES_PER_REQUEST = 64
 
+# --- script mode: the user's own code (docs/script-mode.md) ----------------------------------
+# Training: the SDK's entry_point/source_dir arrive as these hyperparameters; sagemaker-training runs them.
+PROGRAM_PARAM = "sagemaker_program"
+TORCH_DISTRIBUTED_PARAM = "sagemaker_torch_distributed_enabled"  # distribution={"torch_distributed": ...}
+PROCESSES_PER_HOST_PARAM = "sagemaker_mpi_num_of_processes_per_host"  # what sagemaker-training's runners read
+TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"  # sagemaker-training's hook for a framework's launcher
+STUDIO_LOCAL_MODE_ENV = "SM_STUDIO_LOCAL_MODE"  # "true": sagemaker-training skips its 15-minute DNS wait
+# Serving: sagemaker-inference's contract, a model's code/<SAGEMAKER_PROGRAM> (default inference.py)
+USER_PROGRAM_ENV = "SAGEMAKER_PROGRAM"
+DEFAULT_USER_PROGRAM = "inference.py"
+USER_CODE_DIR = "code"
+REQUIREMENTS_FILE = "requirements.txt"
+CODEARTIFACT_ENV = "CA_REPOSITORY_ARN"  # both toolkits install requirements from this CodeArtifact repository
+
 # --- training caches -------------------------------------------------------------------------
 CACHE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where cache_images=disk writes (default: the temp dir)
 

@@ -5,12 +5,17 @@ not in the released wheel, and an oversized body gets a bare 413 before any hand
 front owns those, refuses bad requests cheaply (size, content type, accept) before a worker
 sees them, turns every error into JSON ``{"error": ...}`` with a real status, and speaks
 SageMaker's multi-model protocol by translating it to MMS's management API.
+
+A model with its own inference code (``user_code``) takes another route: its own content types pass
+through, one request at a time (its functions see one request each), never retried (its code may
+have side effects); the size limit, /ping and JSON errors stay the front's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -20,12 +25,12 @@ from aiohttp import web
 
 from image_classifier import params
 from image_classifier.errors import UserError
-from image_classifier.serving.artifact import check_artifact
 from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, unpack
 from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
 from image_classifier.serving.timing import WORKER_HEADER, front_stages, now_ms, parse_worker_header, server_timing
+from image_classifier.serving.user_code import prepare
 
 log = logging.getLogger(__name__)
 FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
@@ -54,6 +59,7 @@ class Front:
         self.loaded_ok = False  # single-model mode: set once MMS has loaded the model
         self._ping_cache: tuple[float, bool] = (0.0, False)
         self.batchers: dict[str, Batcher] = {}
+        self.user_code: set[str] = set()  # models served by their own inference code
 
     # --- plumbing ------------------------------------------------------------------------
     async def start_session(self, _app=None) -> None:
@@ -154,6 +160,8 @@ class Front:
         return await self._predict(request, _text(request.match_info["name"], "model name"))
 
     async def _predict(self, request: web.Request, model: str) -> web.Response:
+        if model in self.user_code:
+            return await self._predict_user_code(request, model)
         started = now_ms()
         self._check_request(request)
         body = await request.read()
@@ -164,6 +172,10 @@ class Front:
             answer = await self._batcher(model).submit(headers, body)
         else:
             answer = await self._forward(model, body, headers)
+        return self._reply(model, answer, started)
+
+    def _reply(self, model: str, answer: Answer, started: float) -> web.Response:
+        """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py)."""
         if answer.status == 200:
             stages = front_stages(now_ms() - started, answer.queued_ms, answer.round_trip_ms, answer.worker_timing)
             return web.Response(
@@ -173,14 +185,24 @@ class Front:
             return json_error(404, f"model {model!r} is not loaded")
         return json_error(answer.status, error_message(answer.body, "model server error"))
 
-    async def _forward(self, model: str, body: bytes, headers: dict[str, str]) -> Answer:
+    async def _predict_user_code(self, request: web.Request, model: str) -> web.Response:
+        """The model's own input_fn/output_fn decide content types; the front keeps the size limit."""
+        started = now_ms()
+        self._check_size(request)
+        body = await request.read()
+        if not body:
+            raise RequestError(400, "request body is empty")
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        return self._reply(model, await self._forward(model, body, headers, attempts=1), started)
+
+    async def _forward(self, model: str, body: bytes, headers: dict[str, str], attempts: int = 2) -> Answer:
         """POST to MMS; a 5xx is retried once, after 0.1 s.
 
         Inference has no side effects, and a worker that dies (the OOM killer, a crash) fails the
         request it held with "Worker died." while the other workers serve on: the retry reaches one.
         """
         assert self.session is not None
-        for attempt in range(2):
+        for attempt in range(attempts):
             sent = now_ms()
             async with self.session.post(self.mms(f"/predictions/{quote(model, safe='')}"), data=body, headers=headers) as response:
                 content = await response.read()
@@ -191,7 +213,7 @@ class Front:
                     parse_worker_header(response.headers.get(WORKER_HEADER)),
                     now_ms() - sent,
                 )
-            if answer.status < 500 or attempt:
+            if answer.status < 500 or attempt == attempts - 1:
                 break
             log.warning("event=mms_retry status=%d reason=%s", answer.status, error_message(answer.body, "").replace(" ", "_"))
             await asyncio.sleep(0.1)
@@ -214,11 +236,14 @@ class Front:
             )
         return self.batchers[model]
 
-    def _check_request(self, request: web.Request) -> None:
-        """Refuse before reading: oversized bodies, unsupported content types and accept types."""
+    def _check_size(self, request: web.Request) -> None:
         length = request.content_length
         if length is not None and length > self.config.max_payload_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_payload_bytes, actual_size=length)
+
+    def _check_request(self, request: web.Request) -> None:
+        """Refuse before reading: oversized bodies, unsupported content types and accept types."""
+        self._check_size(request)
         kind = media_type(request.headers.get("Content-Type"))
         if kind not in IMAGE_TYPES and kind != JSON_TYPE:
             raise RequestError(
@@ -247,14 +272,17 @@ class Front:
         if not Path(url).is_dir():
             return json_error(404, f"model {name!r}: {url} is not a folder")
         try:
-            await asyncio.to_thread(check_artifact, Path(url))
+            code = await asyncio.to_thread(prepare, Path(url), os.environ, True)
         except UserError as exc:
             return json_error(400, f"model {name!r} could not be loaded: {exc}")
         entry = link_into_store(self.model_store, name, url)
         async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
             payload = await response.read()
             if response.status == 200:
-                log.info("event=model_registered name=%s", name)
+                self.user_code.discard(name)
+                if code is not None:
+                    self.user_code.add(name)
+                log.info("event=model_registered name=%s user_code=%s", name, str(code is not None).lower())
                 return web.json_response({"status": f"model {name!r} loaded"})
             message = error_message(payload, "model could not be loaded")
             status = 507 if "memory" in message.lower() else 500 if response.status >= 500 else 400
@@ -287,5 +315,6 @@ class Front:
                 return json_error(404, f"model {name!r} is not loaded")
             if response.status != 200:
                 return json_error(500, error_message(await response.read(), "unload failed"))
+        self.user_code.discard(name)
         log.info("event=model_unregistered name=%s", name)
         return web.json_response({"status": f"model {name!r} unloaded"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -23,10 +24,10 @@ from aiohttp import web
 from image_classifier import gpu_host, params
 from image_classifier.errors import UserError
 from image_classifier.logs import setup_logging
-from image_classifier.serving.artifact import check_artifact
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.front import Front
 from image_classifier.serving.mms import ModelServer, error_message, link_into_store, register_query
+from image_classifier.serving.user_code import prepare
 
 log = logging.getLogger("image_classifier.serve")
 
@@ -54,17 +55,21 @@ async def register_single_model(front: Front, config: ServingConfig) -> None:
     timeout = aiohttp.ClientTimeout(total=max(300, config.timeout_seconds))
     async with front.session.post(front.mms(f"/models?{query}", management=True), timeout=timeout) as response:
         if response.status != 200:
+            hint = " (its own code failed: see event=user_code_failed above)" if params.SINGLE_MODEL_NAME in front.user_code else ""
             raise UserError(
-                f"the model failed to load in multi-model-server: {error_message(await response.read(), response.reason or '')}"
+                f"the model failed to load in multi-model-server: {error_message(await response.read(), response.reason or '')}{hint}"
             )
     front.loaded_ok = True
     log.info("event=ready port=%d workers=%d batch_size=%d", config.port, config.workers, config.batch_size)
 
 
-async def serve(config: ServingConfig) -> int:
+async def serve(config: ServingConfig, user_code: bool = False) -> int:
+    """``user_code``: the single model is served by its own code/inference.py (``user_code``)."""
     workdir = Path(tempfile.mkdtemp(prefix="serve-"))
     server = ModelServer(config, workdir)
     front = Front(config, workdir / "model-store")
+    if user_code:
+        front.user_code.add(params.SINGLE_MODEL_NAME)
     app = front.app()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     stop = asyncio.Event()
@@ -106,8 +111,6 @@ def refuse_unusable_gpu() -> None:
     """A serving container is not told its instance type: visible NVIDIA devices say a GPU is expected.
 
     Checked here from the driver alone (no torch in this process); the workers check CUDA itself."""
-    import os
-
     facts = gpu_host.read_host()
     decision = gpu_host.decide(facts)
     expected = gpu_host.gpu_expected(facts, {})
@@ -117,15 +120,16 @@ def refuse_unusable_gpu() -> None:
 
 def cli() -> None:
     setup_logging()
+    code = None
     try:
         config = ServingConfig.from_env()
         refuse_unusable_gpu()
         if not config.multi_model:
-            check_artifact(config.model_dir)
+            code = prepare(config.model_dir, os.environ, multi_model=False)
     except UserError as exc:
         log.error("event=serve_failed reason=%s", str(exc).replace(" ", "_"))
         sys.exit(1)
-    sys.exit(asyncio.run(serve(config)))
+    sys.exit(asyncio.run(serve(config, user_code=code is not None)))
 
 
 if __name__ == "__main__":

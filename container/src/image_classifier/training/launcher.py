@@ -8,6 +8,9 @@ The ``train`` console script: flags, failure file, host checks, torchrun, exit c
 One process per host runs this. With more than one process in the job (several GPUs, several
 hosts, or ``processes_per_host``) it starts ``torchrun``, which runs this same module again in
 each worker (``LOCAL_RANK`` is then set, and the worker calls ``train.main`` directly).
+
+A job that names a script (the SDK's ``entry_point``: ``sagemaker_program``) runs that script
+instead, through sagemaker-training (``script_mode``); the GPU check and the failure file stay ours.
 """
 
 from __future__ import annotations
@@ -67,6 +70,12 @@ def write_failure(env: TrainingEnvironment | None, reason: str) -> None:
         log.error("event=failure_file_unwritable path=%s error=%s", path, exc)
 
 
+def script_mode_requested(env: TrainingEnvironment) -> bool:
+    """The SDK's ``entry_point`` (hyperparameter ``sagemaker_program``; ``SAGEMAKER_PROGRAM`` as the toolkit
+    also reads it): the user's script runs instead of our trainer (``script_mode``)."""
+    return bool(env.hyperparameters.get(params.PROGRAM_PARAM, "").strip('"') or os.environ.get(params.USER_PROGRAM_ENV))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -100,20 +109,26 @@ def usable_gpus(env: TrainingEnvironment) -> int:
     return env.num_gpus if count else 0
 
 
-def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> int:
+def rendezvous(env: TrainingEnvironment) -> tuple[str, int]:
+    """torchrun's master address and port. Several hosts: once every peer's name resolves, with NCCL and
+    Gloo on SageMaker's interface; one host: 127.0.0.1, so a host never needs its own name to resolve."""
     from image_classifier.training.distributed import wait_for_hosts
 
-    if env.is_multi_host:
-        timeout = float(os.environ.get(params.HOST_WAIT_TIMEOUT_ENV, params.DEFAULT_HOST_WAIT_SECONDS))
-        wait_for_hosts([h for h in env.hosts if h != env.current_host], timeout)
-        master, port = env.hosts[0], params.MASTER_PORT
-        interfaces = socket_interface_variables(env, dict(os.environ))
-        os.environ.update(interfaces)
-        if interfaces:
-            log.info(format_line("socket_interface", **interfaces))
-    else:
-        master, port = "127.0.0.1", _free_port()
-    command = [
+    if not env.is_multi_host:
+        return "127.0.0.1", _free_port()
+    timeout = float(os.environ.get(params.HOST_WAIT_TIMEOUT_ENV, params.DEFAULT_HOST_WAIT_SECONDS))
+    wait_for_hosts([h for h in env.hosts if h != env.current_host], timeout)
+    interfaces = socket_interface_variables(env, dict(os.environ))
+    os.environ.update(interfaces)
+    if interfaces:
+        log.info(format_line("socket_interface", **interfaces))
+    return env.hosts[0], params.MASTER_PORT
+
+
+def torchrun_command(env: TrainingEnvironment, procs: int, master: str, port: int) -> list[str]:
+    """torchrun up to what it runs (our launcher again, or a user's script in script mode)."""
+    log.info(format_line("launch", nodes=len(env.hosts), node_rank=env.host_rank, procs_per_node=procs, master=master))
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -122,12 +137,12 @@ def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> in
         f"--nproc_per_node={procs}",
         f"--master_addr={master}",
         f"--master_port={port}",
-        "-m",
-        "image_classifier.training.launcher",
-        *argv,
     ]
-    log.info(format_line("launch", nodes=len(env.hosts), node_rank=env.host_rank, procs_per_node=procs, master=master))
-    child = subprocess.Popen(command)
+
+
+def launch_torchrun(env: TrainingEnvironment, procs: int, argv: list[str]) -> int:
+    master, port = rendezvous(env)
+    child = subprocess.Popen([*torchrun_command(env, procs, master, port), "-m", "image_classifier.training.launcher", *argv])
 
     def forward(signum, _frame) -> None:
         child.send_signal(signum)
@@ -156,6 +171,10 @@ def _run(argv: list[str], base: Path, is_worker: bool) -> int:
         env = TrainingEnvironment.from_env()
         if not is_worker:
             env.failure_file.unlink(missing_ok=True)
+        if not is_worker and script_mode_requested(env):
+            from image_classifier.training import script_mode
+
+            return script_mode.run(env, argv, usable_gpus(env))
         overrides = {k: str(v) for k, v in vars(get_args_parser().parse_args(argv)).items()}
         hp = Hyperparameters.from_strings({**env.hyperparameters, **overrides})
         gpus = env.num_gpus if is_worker else usable_gpus(env)
