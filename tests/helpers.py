@@ -112,6 +112,10 @@ def fresh_copy(dest: Path, *, with_venv: bool = False) -> Path:
             shutil.copy2(source, dest / name)
     if with_venv:
         (dest / ".venv").symlink_to(REPO_ROOT / ".venv")
+        # this checkout's venv stands for the copy's: make must not take the copy's locks for newer than it
+        stamp = (REPO_ROOT / ".venv" / ".installed").stat().st_mtime
+        for name in ("docker/requirements.lock", "deploy/requirements.lock", "tests/requirements.lock", "container/pyproject.toml"):
+            os.utime(dest / name, (stamp - 1, stamp - 1))
     return dest
 
 
