@@ -106,6 +106,17 @@ def test_errors_are_json_naming_the_function_and_the_worker_lives(server, rows, 
     assert "event=user_code_failed function=input_fn error=ValueError" in server.log()
 
 
+def test_explanations_are_refused_with_the_reason(server, rows):
+    """The image explains the models it serves itself, not another network behind the user's functions."""
+    response = requests.post(
+        f"{server.url}/invocations",
+        data=rows[0][0],
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "explain=gradcam"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "own inference code" in response.json()["error"]
+
+
 def _start_fails(base: Path, tmp: Path, **env: str) -> str:
     proc = ServeProcess(base, tmp, **env)
     code = proc.process.wait(timeout=180)
