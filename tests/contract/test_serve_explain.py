@@ -276,3 +276,24 @@ def test_the_environment_explains_every_batch_transform_line(batch_transform_mme
     assert auto.status_code == 200 and auto.json()["predictions"][0]["explanation"]["method"] == "integrated_gradients"
     gradcam = _post(f"{url}/models/digits/invoke", _png(digit), "image/png", "explain=gradcam")
     assert gradcam.status_code == 400 and "integrated_gradients" in gradcam.json()["error"]
+
+
+def test_invoke_script_writes_the_overlay(server, pasted, tmp_path):
+    import subprocess
+
+    from tests.helpers import REPO_ROOT
+
+    image = tmp_path / "digit.png"
+    image.write_bytes(_png(_test_images(pasted, 1)[0]))
+    ran = subprocess.run(
+        [str(REPO_ROOT / "local" / "invoke.sh"), "--explain=gradcam", str(image), server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    explanation = json.loads(ran.stdout)["predictions"][0]["explanation"]
+    assert explanation["method"] == "gradcam" and explanation["overlay_png"] == "digit.explained.png"
+    assert Image.open(tmp_path / "digit.explained.png").size == (CANVAS, CANVAS)
+    assert "heatmap overlay: digit.explained.png" in ran.stderr
