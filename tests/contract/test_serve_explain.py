@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import math
 import re
@@ -183,33 +182,66 @@ def test_a_json_batch_explains_the_requested_class(server, pasted):
     assert _close([p["explanation"]["grid"] for p in by_index.json()["predictions"]], [p["explanation"]["grid"] for p in predictions])
 
 
-def test_explained_and_plain_requests_batched_together_each_get_their_own_answer(server, pasted, model):
+def test_explained_requests_go_alone_while_plain_ones_are_batched(server, pasted, model):
+    """Concurrent clients, half asking for explanations: each answer is its own; plain requests still share
+    forward passes, and no explanation holds up a batch of plain requests."""
     images = _test_images(pasted, 10)
     expected = [model.classes[max(range(10), key=row.__getitem__)] for row in model.predict([load_rgb(p) for p in images])]
 
     def call(i: int) -> requests.Response:
         return _post(f"{server.url}/invocations", _png(images[i]), "image/png", "explain=gradcam" if i % 2 == 0 else "top_k=2")
 
-    for _ in range(3):  # until one envelope held both kinds (concurrency decides the batches)
-        with ThreadPoolExecutor(len(images)) as pool:
-            answers = list(pool.map(call, range(len(images))))
-        for i, answer in enumerate(answers):
-            assert answer.status_code == 200, answer.text
-            prediction = answer.json()["predictions"][0]
-            assert prediction["label"] == expected[i]
-            if i % 2 == 0:
-                assert prediction["explanation"]["label"] == expected[i]
-            else:
-                assert "explanation" not in prediction and len(prediction["top_k"]) == 2
-        if _mixed_batches(server.log()):
-            return
-    pytest.fail("no batch held explained and plain requests together: " + " | ".join(server.log().splitlines()[-20:]))
+    with ThreadPoolExecutor(len(images)) as pool:
+        answers = list(pool.map(call, range(len(images))))
+    for i, answer in enumerate(answers):
+        assert answer.status_code == 200, answer.text
+        prediction = answer.json()["predictions"][0]
+        assert prediction["label"] == expected[i]
+        if i % 2 == 0:
+            assert prediction["explanation"]["label"] == expected[i]
+        else:
+            assert "explanation" not in prediction and len(prediction["top_k"]) == 2
+    batches = _batches(server.log())
+    assert all(requests_in == 1 for requests_in, _, explained in batches if explained), batches  # explained: alone
+    assert any(requests_in > 1 for requests_in, _, explained in batches if not explained), batches  # plain: still batched
 
 
-def _mixed_batches(log: str) -> bool:
-    """A batch whose explanation pass covered some of its images, not all."""
-    events = re.findall(r"event=batch requests=\d+ accepted=\d+ images=(\d+)|event=explained method=\w+ images=(\d+)", log)
-    return any(batch and explained and 0 < int(explained) < int(batch) for (batch, _), (_, explained) in itertools.pairwise(events))
+def _batches(log: str) -> list[tuple[int, int, int]]:
+    """(requests, images, explained images) of each envelope the (single) worker answered."""
+    out: list[list[int]] = []
+    for match in re.finditer(r"event=batch requests=(\d+) accepted=\d+ images=(\d+)|event=explained method=\w+ images=(\d+)", log):
+        if match.group(3) is None:
+            out.append([int(match.group(1)), int(match.group(2)), 0])
+        elif out:
+            out[-1][2] += int(match.group(3))
+    return [(a, b, c) for a, b, c in out]
+
+
+def test_a_worker_answers_each_request_of_a_mixed_envelope(pasted):
+    """The worker's side: explained, plain and refused requests in one envelope each get their own reply."""
+    from image_classifier.serving.transformer import BatchTransformer
+
+    worker = BatchTransformer()
+    worker.validate_and_initialize(str(pasted[1] / "model"))
+    one, two, three = (_png(p) for p in _test_images(pasted, 3))
+    attributes = params.CUSTOM_ATTRIBUTES_HEADER.lower()
+    batch = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()} for image in (two, three)]}).encode()
+    replies, timings = worker.answer(
+        [
+            ({"content-type": "image/png", attributes: "explain=gradcam"}, one),
+            ({"content-type": "image/png"}, two),
+            ({"content-type": "image/png", attributes: "explain=gradcam,explain_class=nine"}, three),
+            ({"content-type": "application/json", attributes: "explain=saliency,explain_class=digit_3"}, batch),
+        ]
+    )
+    assert [status for status, _, _ in replies] == [200, 200, 400, 200]
+    answers = [json.loads(body) if status == 200 else None for status, _, body in replies]
+    assert answers[0]["predictions"][0]["explanation"]["method"] == "gradcam"
+    assert "explanation" not in answers[1]["predictions"][0]
+    assert "explain_class='nine'" in json.loads(replies[2][2])["error"]
+    assert [p["explanation"]["label"] for p in answers[3]["predictions"]] == ["digit_3", "digit_3"]
+    assert ["explain" in t for t in timings] == [True, False, False, True]
+    assert timings[1]["forward"] == timings[0]["forward"]  # one forward pass for the three good requests
 
 
 @pytest.mark.parametrize(

@@ -177,11 +177,17 @@ class Front:
         if not body:
             raise RequestError(400, "request body is empty")
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        if self.config.batch_size > 1:
+        if self.config.batch_size > 1 and not self._explained(request):
             answer = await self._batcher(model).submit(headers, body)
         else:
             answer = await self._forward(model, body, headers)
         return self._reply(model, answer, started)
+
+    def _explained(self, request: web.Request) -> bool:
+        """An explained request goes to a worker alone: its seconds of gradients must not hold up a batch of
+        plain requests (nor push an envelope past the timeout); its images are bounded per request."""
+        attributes = parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER))
+        return explain_option(attributes, self.config.explain)[0] is not None
 
     def _reply(self, model: str, answer: Answer, started: float) -> web.Response:
         """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py)."""
