@@ -177,7 +177,7 @@ def show_explanation(command: list[str], overlay: Path) -> None:
     explanation = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)["predictions"][0]["explanation"]
     overlay.parent.mkdir(parents=True, exist_ok=True)
     overlay.write_bytes(base64.b64decode(explanation["overlay_png"]))
-    print(f"heatmap of {explanation['label']} ({explanation['method']}), 7x7 grid of the model's input (darkest = most evidence):")
+    print(f"heatmap of {explanation['label']} ({explanation['method']}), 7x7 grid of the model's input (densest = most evidence):")
     shades = " .:-=+*#%@"
     for row in explanation["grid"]:
         print("  " + "".join(shades[min(len(shades) - 1, int(value * len(shades)))] * 2 for value in row))
