@@ -126,6 +126,11 @@ def _start_fails(base: Path, tmp: Path, **env: str) -> str:
 
 
 @pytest.mark.slow
+def test_explanations_from_the_environment_stop_start_up_with_the_reason(script_job, tmp_path):
+    log = _start_fails(user_model(script_job, tmp_path / "user"), tmp_path / "serve", IMAGE_CLASSIFIER_EXPLAIN="gradcam")
+    assert "event=serve_failed reason=IMAGE_CLASSIFIER_EXPLAIN=gradcam_but_this_model_is_served_by_its_own_inference_code" in log
+
+
 def test_a_failing_model_fn_stops_start_up_with_the_reason(script_job, tmp_path):
     broken = (
         (USER_SCRIPT_DIR / "inference.py")
