@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy import instances, kms, rules
+from image_classifier.params import EXPLAIN_METHODS
 
 ENV_PREFIX = "IC_"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
@@ -140,6 +141,7 @@ class DeployConfig(BaseModel):
     transform_instance_type: str = "ml.m5.xlarge"
     clarify_instance_type: str = "ml.m5.xlarge"
     clarify_max_runtime_s: int = Field(7200, ge=60, le=777600)
+    explain_method: str = Field("auto", description="the explain step's method: IMAGE_CLASSIFIER_EXPLAIN of its batch transform")
     # teardown: an endpoint SageMaker is still creating cannot be deleted until it leaves Creating
     teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")
     teardown_wait_s: int = Field(1800, ge=0, description="how long teardown waits for it before giving up")
@@ -204,6 +206,13 @@ class DeployConfig(BaseModel):
         if value is not None and not kms.is_key_id_or_arn(value):
             hint = f" ({kms.describe_key_hint(value)})" if kms.is_alias(value) else ""
             raise ValueError(f"{value!r} is not a key id or key ARN, the only forms job volumes take{hint}")
+        return value
+
+    @field_validator("explain_method")
+    @classmethod
+    def _explain_method(cls, value: str) -> str:
+        if value not in EXPLAIN_METHODS:
+            raise ValueError(f"{value!r} is not an explanation method: {', '.join(EXPLAIN_METHODS)}")
         return value
 
     @field_validator("debugger", "profiler", "clarify", mode="before")

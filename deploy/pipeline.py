@@ -5,6 +5,7 @@
     python -m deploy.pipeline tune best train                  # tuning, best trial, final job
     python -m deploy.pipeline deploy query --yes               # real-time endpoint + top-5 of a sample, then deleted
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
+    python -m deploy.pipeline explain                          # heatmaps over the test set, an HTML gallery (no Clarify needed)
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
     python -m deploy.pipeline all --data PATH --yes            # data weights tune best train deploy query
 
@@ -36,7 +37,7 @@ from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
 from deploy.rules import RequestRefused
 from deploy.state import RunIdError, RunState, check_run_id, load_state, new_run_id
-from deploy.steps import clarify, cleanup, hosting, multi_model, training, transform
+from deploy.steps import clarify, cleanup, explain, hosting, multi_model, training, transform
 from deploy.teardown import Outcome
 
 log = logging.getLogger("deploy")
@@ -63,6 +64,7 @@ STEPS = (
     Step("mme", multi_model.step_mme, billable=True, optional=True),
     Step("transform", transform.step_transform, optional=True),
     Step("clarify", clarify.step_clarify, billable=True, optional=True),
+    Step("explain", explain.step_explain, optional=True),
     Step("cleanup", cleanup.step_cleanup),
 )
 BY_NAME = {step.name: step for step in STEPS}

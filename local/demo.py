@@ -6,12 +6,15 @@
 2. runs ``train`` exactly as SageMaker would (``SAGEMAKER_BASE_DIR=local/opt_ml``);
 3. prints the test accuracy and where every artifact is;
 4. starts ``serve`` on the trained model (as ``docker run IMAGE serve`` would), queries
-   ``/invocations`` with a test photo through curl, prints the top-5 and stops the server.
+   ``/invocations`` with a test photo through curl, prints the top-5, asks again with
+   ``explain=auto`` (the heatmap's grid printed, its overlay written to
+   ``local/opt_ml/output/explanation.png``) and stops the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -160,10 +163,25 @@ def serve_and_query(base: Path, env: dict[str, str], port: int = 8080) -> None:
         answer = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
         for rank, entry in enumerate(answer["predictions"][0]["top_k"], 1):
             print(f"  {rank}. {entry['label']:<12} {entry['probability']:.3f}")
+        show_explanation(command, base / "output" / "explanation.png")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         print("serve stopped")
+
+
+def show_explanation(command: list[str], overlay: Path) -> None:
+    """The same request with ``explain=auto``: the heatmap overlay written, its grid drawn in characters."""
+    command = [*command[:-1], "-H", "X-Amzn-SageMaker-Custom-Attributes: explain=auto", command[-1]]
+    print("$ " + " ".join(command))
+    explanation = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)["predictions"][0]["explanation"]
+    overlay.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_bytes(base64.b64decode(explanation["overlay_png"]))
+    print(f"heatmap of {explanation['label']} ({explanation['method']}), 7x7 grid of the model's input (densest = most evidence):")
+    shades = " .:-=+*#%@"
+    for row in explanation["grid"]:
+        print("  " + "".join(shades[min(len(shades) - 1, int(value * len(shades)))] * 2 for value in row))
+    print(f"overlay:          {overlay}")
 
 
 if __name__ == "__main__":

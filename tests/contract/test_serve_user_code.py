@@ -106,6 +106,17 @@ def test_errors_are_json_naming_the_function_and_the_worker_lives(server, rows, 
     assert "event=user_code_failed function=input_fn error=ValueError" in server.log()
 
 
+def test_explanations_are_refused_with_the_reason(server, rows):
+    """The image explains the models it serves itself, not another network behind the user's functions."""
+    response = requests.post(
+        f"{server.url}/invocations",
+        data=rows[0][0],
+        headers={"Content-Type": "text/csv", "X-Amzn-SageMaker-Custom-Attributes": "explain=gradcam"},
+        timeout=30,
+    )
+    assert response.status_code == 400 and "own inference code" in response.json()["error"]
+
+
 def _start_fails(base: Path, tmp: Path, **env: str) -> str:
     proc = ServeProcess(base, tmp, **env)
     code = proc.process.wait(timeout=180)
@@ -115,6 +126,11 @@ def _start_fails(base: Path, tmp: Path, **env: str) -> str:
 
 
 @pytest.mark.slow
+def test_explanations_from_the_environment_stop_start_up_with_the_reason(script_job, tmp_path):
+    log = _start_fails(user_model(script_job, tmp_path / "user"), tmp_path / "serve", IMAGE_CLASSIFIER_EXPLAIN="gradcam")
+    assert "event=serve_failed reason=IMAGE_CLASSIFIER_EXPLAIN=gradcam_but_this_model_is_served_by_its_own_inference_code" in log
+
+
 def test_a_failing_model_fn_stops_start_up_with_the_reason(script_job, tmp_path):
     broken = (
         (USER_SCRIPT_DIR / "inference.py")

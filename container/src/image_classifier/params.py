@@ -114,3 +114,14 @@ CACHE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where cache_images=disk writes (
 # --- serving fast paths (serving/fast_paths.py) ----------------------------------------------
 PRECISION_ENV = "IMAGE_CLASSIFIER_PRECISION"  # auto | fp32 | bf16: measured at load unless forced
 GRAPH_ENV = "IMAGE_CLASSIFIER_GRAPH"  # auto | eager | frozen (torch.jit trace + freeze)
+
+# --- explanations (serving/explain.py, docs/serving.md#explanations) -------------------------
+EXPLAIN_ENV = "IMAGE_CLASSIFIER_EXPLAIN"  # a method: every request explained unless it says explain=off (batch transform)
+EXPLAIN_METHODS = ("auto", "gradcam", "integrated_gradients", "saliency")
+EXPLAIN_OFF = "off"
+EXPLAIN_GRID = 7  # cells per side of the grid in the answer (ResNet-50's own feature map at 224 px)
+EXPLAIN_IG_STEPS = 16  # Integrated Gradients' path steps: 16 forward+backward passes per image
+EXPLAIN_IG_BATCH = 32  # at most this many path points through the model at once (memory)
+EXPLAIN_COLORMAP = "jet"
+MAX_EXPLAINED_IMAGES = 16  # per request with explain=: bounds its time (60 s) and its answer (6 MB)
+MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # SageMaker's real-time response limit: overlays beyond it are left out

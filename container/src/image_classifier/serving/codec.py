@@ -25,6 +25,11 @@ IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "application/x-image", "imag
 JSON_TYPE = "application/json"
 JSONLINES_TYPE = "application/jsonlines"
 ACCEPT_TYPES = (JSON_TYPE, JSONLINES_TYPE)
+USER_CODE_NOT_EXPLAINED = (
+    "this model is served by its own inference code (code/inference.py): the image explains only the models it serves "
+    f"itself; remove explain= (and {params.EXPLAIN_ENV})"
+)
+OVERLAY_OMITTED = f"the answer would pass SageMaker's {params.MAX_RESPONSE_BYTES // 2**20} MB response limit: send fewer images per request"
 
 
 class RequestError(Exception):
@@ -41,6 +46,8 @@ class ResponseOptions:
     accept: str
     top_k: int
     probabilities: bool
+    explain: str | None = None  # a method of params.EXPLAIN_METHODS (serving/explain.py)
+    explain_class: str | None = None  # a label or an index; None: the predicted class
 
 
 def media_type(header: str | None) -> str:
@@ -65,7 +72,23 @@ def parse_custom_attributes(header: str | None) -> dict[str, str]:
     return out
 
 
-def response_options(accept_header: str | None, attributes_header: str | None, num_classes: int) -> ResponseOptions:
+def explain_option(attributes: dict[str, str], default: str | None = None) -> tuple[str | None, str | None]:
+    """``explain=<method>`` (or ``default``, the model's ``IMAGE_CLASSIFIER_EXPLAIN``; ``explain=off`` overrides
+    it) and ``explain_class=<label or index>``; a 400 for an unknown method."""
+    method = attributes.get("explain", default or params.EXPLAIN_OFF).strip().lower() or params.EXPLAIN_OFF
+    if method != params.EXPLAIN_OFF and method not in params.EXPLAIN_METHODS:
+        raise RequestError(400, f"custom attribute explain={method!r}: use one of {', '.join(params.EXPLAIN_METHODS)} or off")
+    target = attributes.get("explain_class") or None
+    if method == params.EXPLAIN_OFF:
+        if target is not None:
+            raise RequestError(400, "custom attribute explain_class needs explain=<method>")
+        return None, None
+    return method, target
+
+
+def response_options(
+    accept_header: str | None, attributes_header: str | None, num_classes: int, default_explain: str | None = None
+) -> ResponseOptions:
     accepted = [a.strip() for a in (accept_header or "").split(",") if a.strip()]
     chosen = None
     wants_probabilities = False
@@ -92,7 +115,8 @@ def response_options(accept_header: str | None, attributes_header: str | None, n
             raise RequestError(400, f"custom attribute top_k={top_k} must be at least 1")
     if attributes.get("probabilities", "").lower() in ("true", "1", "yes"):
         wants_probabilities = True
-    return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities)
+    explain, explain_class = explain_option(attributes, default_explain)
+    return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities, explain, explain_class)
 
 
 def decode_image(data: bytes, what: str = "image", draft_size: int | None = None) -> Image.Image:
@@ -159,19 +183,53 @@ def decode_request(
     return images
 
 
-def encode_predictions(probabilities: list[list[float]], classes: list[str], options: ResponseOptions) -> tuple[bytes, str]:
-    """JSON ``{"predictions": [...]}`` or one JSON line per image (batch transform)."""
+def encode_predictions(
+    probabilities: list[list[float]], classes: list[str], options: ResponseOptions, explanations: list[dict] | None = None
+) -> tuple[bytes, str]:
+    """JSON ``{"predictions": [...]}`` or one JSON line per image (batch transform).
+
+    ``explanations``: one per image (``serving/explain.py``: method, index, grid, overlay_png), added
+    as each prediction's ``explanation`` with the target's label and probability."""
     predictions = []
-    for row in probabilities:
+    for n, row in enumerate(probabilities):
         order = sorted(range(len(row)), key=row.__getitem__, reverse=True)[: options.top_k]
         top = [{"label": classes[i], "index": i, "probability": row[i]} for i in order]
         entry: dict = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
         if options.probabilities:
             entry["probabilities"] = row
+        if explanations is not None:
+            explained = explanations[n]
+            target = explained["index"]
+            entry["explanation"] = {
+                "method": explained["method"],
+                "label": classes[target],
+                "index": target,
+                "probability": row[target],
+                "grid": explained["grid"],
+                "overlay_png": explained["overlay_png"],
+            }
         predictions.append(entry)
+    if explanations is not None:
+        _fit_overlays(predictions)
     if options.accept == JSONLINES_TYPE:
         return "".join(json.dumps(p) + "\n" for p in predictions).encode(), JSONLINES_TYPE
     return json.dumps({"predictions": predictions}).encode(), JSON_TYPE
+
+
+def _fit_overlays(predictions: list[dict]) -> None:
+    """Keep the answer under SageMaker's 6 MB response limit: overlays that would pass it are left out
+    (``overlay_png`` null, ``overlay_omitted`` says why); every prediction and grid stays."""
+    overlays = [p["explanation"]["overlay_png"] for p in predictions]
+    for p in predictions:
+        p["explanation"]["overlay_png"] = None
+    reasons = len(predictions) * len(json.dumps({"overlay_omitted": OVERLAY_OMITTED}))  # room for every reason
+    size = len(json.dumps({"predictions": predictions})) + reasons
+    for p, overlay in zip(predictions, overlays, strict=True):
+        if size + len(overlay) + 2 <= params.MAX_RESPONSE_BYTES:  # its quotes
+            p["explanation"]["overlay_png"] = overlay
+            size += len(overlay)
+        else:
+            p["explanation"]["overlay_omitted"] = OVERLAY_OMITTED
 
 
 def error_body(message: str) -> bytes:

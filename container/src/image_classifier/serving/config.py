@@ -43,6 +43,7 @@ class ServingConfig:
     threads_per_worker: int
     mms_port: int
     batches_in_flight: int = 0  # envelopes a model may have at MMS at once; 0: no limit
+    explain: str | None = None  # IMAGE_CLASSIFIER_EXPLAIN: the method every request gets unless it says explain=off
 
     @property
     def model_dir(self) -> Path:
@@ -78,4 +79,14 @@ class ServingConfig:
             threads_per_worker=_int(env, params.THREADS_ENV, max(1, cpus // workers)),
             mms_port=_int(env, params.MMS_PORT_ENV, 8090),
             batches_in_flight=_int(env, params.BATCHES_IN_FLIGHT_ENV, workers, minimum=0),
+            explain=_explain(env),
         )
+
+
+def _explain(env: Mapping[str, str]) -> str | None:
+    value = env.get(params.EXPLAIN_ENV, "").strip().lower()
+    if value in ("", params.EXPLAIN_OFF):
+        return None
+    if value not in params.EXPLAIN_METHODS:
+        raise UserError(f"{params.EXPLAIN_ENV}={value!r}: use one of {', '.join(params.EXPLAIN_METHODS)} or off")
+    return value

@@ -26,7 +26,16 @@ from aiohttp import web
 from image_classifier import params
 from image_classifier.errors import UserError
 from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, unpack
-from image_classifier.serving.codec import IMAGE_TYPES, JSON_TYPE, RequestError, media_type, response_options
+from image_classifier.serving.codec import (
+    IMAGE_TYPES,
+    JSON_TYPE,
+    USER_CODE_NOT_EXPLAINED,
+    RequestError,
+    explain_option,
+    media_type,
+    parse_custom_attributes,
+    response_options,
+)
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
 from image_classifier.serving.timing import WORKER_HEADER, front_stages, now_ms, parse_worker_header, server_timing
@@ -168,11 +177,17 @@ class Front:
         if not body:
             raise RequestError(400, "request body is empty")
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        if self.config.batch_size > 1:
+        if self.config.batch_size > 1 and not self._explained(request):
             answer = await self._batcher(model).submit(headers, body)
         else:
             answer = await self._forward(model, body, headers)
         return self._reply(model, answer, started)
+
+    def _explained(self, request: web.Request) -> bool:
+        """An explained request goes to a worker alone: its seconds of gradients must not hold up a batch of
+        plain requests (nor push an envelope past the timeout); its images are bounded per request."""
+        attributes = parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER))
+        return explain_option(attributes, self.config.explain)[0] is not None
 
     def _reply(self, model: str, answer: Answer, started: float) -> web.Response:
         """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py)."""
@@ -189,6 +204,8 @@ class Front:
         """The model's own input_fn/output_fn decide content types; the front keeps the size limit."""
         started = now_ms()
         self._check_size(request)
+        if explain_option(parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER)))[0]:
+            raise RequestError(400, USER_CODE_NOT_EXPLAINED)
         body = await request.read()
         if not body:
             raise RequestError(400, "request body is empty")
@@ -275,6 +292,8 @@ class Front:
             code = await asyncio.to_thread(prepare, Path(url), os.environ, True)
         except UserError as exc:
             return json_error(400, f"model {name!r} could not be loaded: {exc}")
+        if code is not None and self.config.explain:
+            return json_error(400, f"model {name!r} could not be loaded: {params.EXPLAIN_ENV} is set and {USER_CODE_NOT_EXPLAINED}")
         entry = link_into_store(self.model_store, name, url)
         async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
             payload = await response.read()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from image_classifier.errors import UserError
 from image_classifier.modeling.factory import build_architecture
 from image_classifier.serving import fast_paths
 from image_classifier.serving.artifact import check_artifact
+from image_classifier.serving.explain import Explainer
 
 log = logging.getLogger(__name__)
 MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``centre_bounded``)
@@ -93,6 +95,24 @@ class LoadedModel:
 
     def predict(self, images: list[Image.Image]) -> list[list[float]]:
         return self.predict_tensors([self.prepare(image) for image in images])
+
+    @cached_property
+    def explainer(self) -> Explainer:
+        """Explanations run on ``self.model``, the eager fp32 module the runner was built from (it may be
+        a frozen graph or a bf16 copy, without gradients)."""
+        size = self.card.preprocessing.input_size
+        preprocessing = self.card.preprocessing
+        return Explainer(
+            self.model,
+            preprocessing.mean,
+            preprocessing.std,
+            self.card.architecture,
+            lambda: self._batch([self.prepare(Image.new("RGB", (size, size)))]),
+        )
+
+    def explain(self, method: str, tensors: list[torch.Tensor], targets: list[int]) -> list[dict]:
+        """One explanation per prepared image, for the class index in ``targets`` (``serving/explain.py``)."""
+        return self.explainer.explain(method, tensors, targets, self.device)
 
 
 def centre_bounded(image: Image.Image) -> Image.Image:

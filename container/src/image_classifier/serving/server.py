@@ -24,6 +24,7 @@ from aiohttp import web
 from image_classifier import gpu_host, params
 from image_classifier.errors import UserError
 from image_classifier.logs import setup_logging
+from image_classifier.serving.codec import USER_CODE_NOT_EXPLAINED
 from image_classifier.serving.config import ServingConfig
 from image_classifier.serving.front import Front
 from image_classifier.serving.mms import ModelServer, error_message, link_into_store, register_query
@@ -126,6 +127,8 @@ def cli() -> None:
         refuse_unusable_gpu()
         if not config.multi_model:
             code = prepare(config.model_dir, os.environ, multi_model=False)
+            if code is not None and config.explain:
+                raise UserError(f"{params.EXPLAIN_ENV}={config.explain} but {USER_CODE_NOT_EXPLAINED}")
     except UserError as exc:
         log.error("event=serve_failed reason=%s", str(exc).replace(" ", "_"))
         sys.exit(1)

@@ -11,6 +11,7 @@ Every answer of ``POST /invocations`` carries a standard ``Server-Timing`` heade
     preprocess pixels -> the model's input tensor (this request's images)
     forward    the model on the batch this request was in (shared with its companions: ``desc`` says
                how many images)
+    explain    the explanation pass (``explain=``; shared by the explained requests of the batch), absent otherwise
     encode     probabilities -> the JSON answer
 
 The worker measures its stages and hands them to the front (in the envelope's metadata, or the
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 WORKER_HEADER = "X-Ic-Worker-Timing"
-WORKER_STAGES = ("worker", "decode", "preprocess", "forward", "encode")
+WORKER_STAGES = ("worker", "decode", "preprocess", "forward", "explain", "encode")
 FRONT_STAGES = ("total", "front", "queue", "hop")
 T = TypeVar("T")
 

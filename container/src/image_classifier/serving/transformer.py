@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from PIL import Image
 
 from image_classifier import params
 from image_classifier.serving.batching import ENVELOPE_TYPE, pack, unpack
@@ -22,9 +25,11 @@ from image_classifier.serving.codec import (
     decode_request,
     encode_predictions,
     error_body,
+    explain_option,
     media_type,
     response_options,
 )
+from image_classifier.serving.explain import resolve_target
 from image_classifier.serving.model import LoadedModel
 from image_classifier.serving.timing import WORKER_HEADER, now_ms, stopwatch, timed, worker_header
 
@@ -53,11 +58,16 @@ def _error(status: int, message: str) -> Reply:
 class BatchTransformer:
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
+        self.default_explain: str | None = None  # IMAGE_CLASSIFIER_EXPLAIN: every request explained (batch transform)
 
     def validate_and_initialize(self, model_dir: str | None = None, context=None) -> None:
         if self.model is None:
             threads = int(os.environ.get(params.THREADS_ENV, "0")) or None
             self.model = LoadedModel(Path(model_dir or "."), threads)
+            self.default_explain, _ = explain_option({}, os.environ.get(params.EXPLAIN_ENV))
+            if self.default_explain:  # warm-up: Captum imported, Grad-CAM's layer found, before the first record
+                size = self.model.card.preprocessing.input_size
+                self.model.explain(self.default_explain, [self.model.prepare(Image.new("RGB", (size, size)))], [0])
 
     def transform(self, data, context) -> list[bytes]:
         """MMS's entry point: each MMS request is one client request, or an envelope of several.
@@ -96,22 +106,33 @@ class BatchTransformer:
         return responses
 
     def answer(self, requests: list[tuple[dict[str, str], bytes]]) -> tuple[list[Reply], list[dict[str, float]]]:
-        """One reply per request, and where its time went; the images of every good request run together."""
+        """One reply per request, and where its time went; the images of every good request run together.
+
+        Requests that ask for an explanation get it from a second pass over their images only
+        (``_explain``); the others in the batch are answered from the forward pass alone."""
         assert self.model is not None
         replies: list[Reply | None] = [None] * len(requests)
         timings: list[dict[str, float]] = [{} for _ in requests]
-        accepted: list[tuple[int, ResponseOptions, int, int]] = []
+        accepted: list[Accepted] = []
         tensors: list = []
         for idx, (headers, body) in enumerate(requests):
             timing = timings[idx]
             try:
                 options = response_options(
-                    headers.get("accept"), headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()), len(self.model.classes)
+                    headers.get("accept"),
+                    headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()),
+                    len(self.model.classes),
+                    self.default_explain,
                 )
+                target = self._check_explain(options)
                 with stopwatch(timing, "decode"):
                     prepare = timed(self.model.prepare, timing, "preprocess")
                     decoded = decode_request(body, headers.get("content-type"), prepare, self.model.draft_size)
                 timing["decode"] -= timing.get("preprocess", 0.0)
+                if options.explain and len(decoded) > params.MAX_EXPLAINED_IMAGES:
+                    raise RequestError(
+                        400, f"{len(decoded)} images with explain={options.explain}; at most {params.MAX_EXPLAINED_IMAGES} per request"
+                    )
             except RequestError as exc:
                 replies[idx] = _error(exc.status, exc.message)
                 continue
@@ -119,7 +140,7 @@ class BatchTransformer:
                 log.exception("event=decode_failed")
                 replies[idx] = _error(500, f"request could not be processed: {type(exc).__name__}")
                 continue
-            accepted.append((idx, options, len(tensors), len(tensors) + len(decoded)))
+            accepted.append(Accepted(idx, options, len(tensors), len(tensors) + len(decoded), target))
             tensors += decoded
         log.info("event=batch requests=%d accepted=%d images=%d", len(requests), len(accepted), len(tensors))
         if accepted:
@@ -129,12 +150,71 @@ class BatchTransformer:
                     probabilities = self.model.predict_tensors(tensors)
             except Exception as exc:
                 log.exception("event=predict_failed")
-                for idx, *_ in accepted:
-                    replies[idx] = _error(500, f"inference failed: {type(exc).__name__}")
+                for item in accepted:
+                    replies[item.idx] = _error(500, f"inference failed: {type(exc).__name__}")
             else:
-                for idx, options, start, stop in accepted:
-                    with stopwatch(timings[idx], "encode"):
-                        body, content_type = encode_predictions(probabilities[start:stop], self.model.classes, options)
-                    replies[idx] = (200, content_type, body)
-                    timings[idx] |= {"forward": forward["forward"], "images": float(len(tensors))}
+                explanations = self._explain([a for a in accepted if a.options.explain], tensors, probabilities, replies, timings)
+                for item in accepted:
+                    if replies[item.idx] is not None:  # its explanation failed
+                        continue
+                    with stopwatch(timings[item.idx], "encode"):
+                        body, content_type = encode_predictions(
+                            probabilities[item.start : item.stop], self.model.classes, item.options, explanations.get(item.idx)
+                        )
+                    replies[item.idx] = (200, content_type, body)
+                    timings[item.idx] |= {"forward": forward["forward"], "images": float(len(tensors))}
         return [reply or _error(500, "no answer") for reply in replies], timings
+
+    def _check_explain(self, options: ResponseOptions) -> int | None:
+        """A 400 before any work for a target or method this model cannot take; the target's index."""
+        if not options.explain:
+            return None
+        assert self.model is not None
+        target = resolve_target(options.explain_class, self.model.classes)
+        self.model.explainer.resolve(options.explain)
+        return target
+
+    def _explain(self, wanted: list[Accepted], tensors: list, probabilities: list[list[float]], replies, timings) -> dict[int, list[dict]]:
+        """Explanations for the requests in ``wanted``, one pass per method; a failure fails those requests alone."""
+        assert self.model is not None
+        out: dict[int, list[dict]] = {}
+        for method in dict.fromkeys(a.options.explain for a in wanted):
+            group = [a for a in wanted if a.options.explain == method]
+            images, targets = [], []
+            for item in group:
+                for i in range(item.start, item.stop):
+                    images.append(tensors[i])
+                    row = probabilities[i]
+                    targets.append(item.target if item.target is not None else max(range(len(row)), key=row.__getitem__))
+            spent: dict[str, float] = {}
+            try:
+                with stopwatch(spent, "explain"):
+                    explained = self.model.explain(str(method), images, targets)
+            except RequestError as exc:
+                for item in group:
+                    replies[item.idx] = _error(exc.status, exc.message)
+                continue
+            except Exception as exc:
+                log.exception("event=explain_failed method=%s", method)
+                for item in group:
+                    replies[item.idx] = _error(500, f"explanation failed: {type(exc).__name__}")
+                continue
+            log.info("event=explained method=%s images=%d ms=%.1f", method, len(images), spent["explain"])
+            offset = 0
+            for item in group:
+                count = item.stop - item.start
+                out[item.idx] = explained[offset : offset + count]
+                offset += count
+                timings[item.idx]["explain"] = spent["explain"]
+        return out
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A request that decoded: its options, its images' slice of the batch, its explanation target (None: predicted)."""
+
+    idx: int
+    options: ResponseOptions
+    start: int
+    stop: int
+    target: int | None = None

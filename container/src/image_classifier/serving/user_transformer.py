@@ -25,7 +25,15 @@ from sagemaker_inference.errors import BaseInferenceToolkitError, UnsupportedFor
 from sagemaker_inference.transformer import Transformer
 
 from image_classifier import params
-from image_classifier.serving.codec import JSON_TYPE, RequestError, decode_request, encode_predictions, error_body, response_options
+from image_classifier.serving.codec import (
+    JSON_TYPE,
+    USER_CODE_NOT_EXPLAINED,
+    RequestError,
+    decode_request,
+    encode_predictions,
+    error_body,
+    response_options,
+)
 from image_classifier.serving.model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,8 @@ class ClassifierFunctions(DefaultInferenceHandler):
     def default_output_fn(self, prediction, accept, context=None):
         if isinstance(prediction, dict) and {"classes", "probabilities"} <= set(prediction):
             options = response_options(accept, _attributes(context), len(prediction["classes"]))
+            if options.explain:  # the front refuses these first; a model's own code may call ours directly
+                raise RequestError(400, USER_CODE_NOT_EXPLAINED)
             return encode_predictions(prediction["probabilities"], prediction["classes"], options)
         if isinstance(prediction, torch.Tensor):
             prediction = prediction.detach().cpu().numpy()
