@@ -250,7 +250,12 @@ def test_metric_regexes_read_a_real_training_log(aws, cfg, trained, tmp_path):
     metrics = json.loads((trained["output_dir"] / "metrics.json").read_text())
     epochs = metrics["history"]
     assert len(epochs) == 3
-    assert found[OBJECTIVE_METRIC] == pytest.approx([e["valid_acc"] for e in epochs], abs=1e-5)
+    assert found["valid_acc"] == pytest.approx([e["valid_acc"] for e in epochs], abs=1e-5)  # never read inside best_valid_acc
+    # the objective: the best epoch so far on every epoch line, then the final line; its last value is the kept model's
+    running = [max(e["valid_acc"] for e in epochs[: i + 1]) for i in range(len(epochs))]
+    assert sent["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == OBJECTIVE_METRIC == "best_valid_acc"
+    assert found[OBJECTIVE_METRIC] == pytest.approx([*running, metrics["final"]["best_valid_acc"]], abs=1e-5)
+    assert found[OBJECTIVE_METRIC][-1] == pytest.approx(max(e["valid_acc"] for e in epochs), abs=1e-5)
     assert found["train_loss"][-1] == pytest.approx(epochs[-1]["train_loss"], rel=1e-4)
     assert found["test_acc"] == pytest.approx([metrics["final"]["test_acc"]], abs=1e-5)
     assert all(found[name] for name in ("train_acc", "valid_loss", "lr", "images_per_sec", "test_top5_acc")), {
