@@ -74,7 +74,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
         stop.install()
         with BackgroundWriter() as writer:
             # 5. resume this run's newest checkpoint, if any
-            saved = RunCheckpoints(env.checkpoint_dir, data.classes, hp.model_dump(), writer, world.is_main)
+            saved = RunCheckpoints(env.checkpoint_dir, data.classes, hp.model_dump(), writer, world.is_main, env.job_named)
             progress = saved.resume(parts, bad_images=data.bad_images)
             if trainee.on_features:  # after resuming: the features of the backbone the checkpoint holds
                 loaders = inputs.feature_loaders(
@@ -131,6 +131,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
                 summary=summary,
                 tensorboard=tensorboard,
             )
+            saved.finish()
         barrier(world)
         return final.metrics
     finally:
