@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy import instances, kms, rules
+from deploy.search_space import SearchSpace
 
 ENV_PREFIX = "IC_"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
@@ -36,7 +37,6 @@ _REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
 # Debugger, Profiler, Clarify: "auto" tries the service and carries on without it where the
 # account is refused it (docs/aws.md: "Services that may be closed"); "on" fails instead; "off".
 ServiceMode = Literal["auto", "on", "off"]
-MAX_CATEGORICAL_VALUES = 30  # CategoricalParameterRange.Values in the service model
 DEFAULT_MAX_JOBS = 12
 
 
@@ -49,44 +49,6 @@ def _known_regions() -> set[str]:
 
     session = boto3.session.Session()
     return {region for partition in ("aws", "aws-cn", "aws-us-gov") for region in session.get_available_regions("sagemaker", partition)}
-
-
-class SearchSpace(BaseModel):
-    """Hyperparameter ranges of the tuning job (names are the trainer's own hyperparameters)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    lr_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
-    weight_decay: tuple[float, float] = (1e-6, 1e-2)
-    weight_decay_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
-    batch_size: list[int] = [32, 64, 128]
-    freeze: list[str] = ["head", "last:2", "none"]
-    models: list[str] = Field(default_factory=list, description="also search the backbone; empty: the config's model only")
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low < high:
-            raise ValueError(f"need 0 < low < high, got {list(value)}")
-        return value
-
-    @field_validator("batch_size", "freeze")
-    @classmethod
-    def _non_empty(cls, value: list) -> list:
-        if not value:
-            raise ValueError("needs at least one value")
-        return value
-
-    @field_validator("lr_values", "weight_decay_values", "batch_size", "freeze", "models")
-    @classmethod
-    def _categorical(cls, value: list) -> list:
-        if len(value) > MAX_CATEGORICAL_VALUES:
-            raise ValueError(f"{len(value)} values; SageMaker takes at most {MAX_CATEGORICAL_VALUES} per categorical range")
-        if any(isinstance(v, float) and v <= 0 for v in value):
-            raise ValueError(f"values must be > 0, got {value}")
-        return value
 
 
 class DeployConfig(BaseModel):
