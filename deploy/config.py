@@ -23,8 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deploy import instances, kms, rules
+from deploy import gpu_hosts, instances, kms, rules
 from deploy.search_space import SearchSpace
+from deploy.service_model import enum
 
 ENV_PREFIX = "IC_"
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
@@ -68,6 +69,8 @@ class DeployConfig(BaseModel):
     image_tag: str = "latest"
     image_uri: str | None = Field(None, description="default: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<image_tag>")
     registry: str | None = Field(None, description="push to this registry host instead of the account's ECR (mirrors, tests)")
+    image_cuda_compat: bool = Field(False, description="built with --build-arg CUDA_COMPAT_IMAGE=...: NVIDIA's compatibility libraries")
+    inference_ami_version: str | None = Field(None, description=f"GPU endpoints' host image (default: {gpu_hosts.NATIVE_AMI})")
     # training
     model: str = "resnet50"
     train_instance_type: str = "ml.g5.xlarge"
@@ -139,6 +142,14 @@ class DeployConfig(BaseModel):
     def _repository(cls, value: str) -> str:
         if not _REPOSITORY.match(value):
             raise ValueError(f"{value!r} is not a valid ECR repository name")
+        return value
+
+    @field_validator("inference_ami_version")
+    @classmethod
+    def _ami(cls, value: str | None) -> str | None:
+        allowed = enum("sagemaker", "ProductionVariantInferenceAmiVersion")
+        if value is not None and value not in allowed:
+            raise ValueError(f"{value!r} is not one of the service model's ProductionVariantInferenceAmiVersion: {', '.join(allowed)}")
         return value
 
     @field_validator(

@@ -30,7 +30,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import config as config_module
-from deploy import signals
+from deploy import rules, signals
 from deploy.aws import Aws
 from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
@@ -74,6 +74,7 @@ def run(steps: list[str], ctx: Context) -> Context:
 
     A dry run then prints the recorded requests, alone on stdout.
     """
+    check_plan(ctx.cfg, steps)
     start = len(ctx.state.resources)
     with _stdout_to_stderr(ctx.dry_run):
         try:
@@ -91,6 +92,13 @@ def run(steps: list[str], ctx: Context) -> Context:
     if ctx.aws.dry_run is not None:
         print(ctx.aws.dry_run.dump(), flush=True)
     return ctx
+
+
+def check_plan(cfg: DeployConfig, steps: list[str]) -> None:
+    """The rules that depend on which steps run (``deploy.rules.plan_refusals``), before any of them."""
+    refusals = rules.plan_refusals(cfg, steps)
+    if refusals:
+        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refusals)]))
 
 
 def _summary(ctx: Context, steps: list[str], outcomes: list[Outcome]) -> str:
@@ -137,7 +145,8 @@ def context(
         state = RunState(run_id=new_run_id())
     else:
         state = load_state(cfg.runs_dir, run_id)
-    return Context(cfg=cfg, aws=Aws.connect(cfg.region, dry_run=dry_run), state=state, yes=yes, **options)
+    aws = Aws.connect(cfg.region, dry_run=dry_run, cuda_compat=cfg.image_cuda_compat)
+    return Context(cfg=cfg, aws=aws, state=state, yes=yes, **options)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         billable = [s for s in steps if BY_NAME[s].billable]
         if billable and not args.yes and not args.dry_run:
             raise StepError(f"steps {billable} create billable resources: pass --yes (or --dry-run)")
+        check_plan(cfg, steps)
         if args.validate_only:
             print(f"event=config_ok region={cfg.region} steps={','.join(steps)}", file=sys.stderr)
             return 0
