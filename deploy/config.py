@@ -33,6 +33,7 @@ DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")  # Docker's tag grammar (ECR takes it)
 
 
 # Debugger, Profiler, Clarify: "auto" tries the service and carries on without it where the
@@ -64,10 +65,11 @@ class DeployConfig(BaseModel):
     prefix: str = "image-classifier"
     kms_key_id: str | None = Field(None, description="key id, key ARN, alias or alias ARN: S3, ECR, job outputs, endpoints")
     volume_kms_key_id: str | None = Field(None, description="key id or key ARN for job volumes (default: kms_key_id)")
-    # the image
+    # the image: jobs and models name it by digest (deploy.ecr)
     repository: str = "image-classifier"
-    image_tag: str = "latest"
-    image_uri: str | None = Field(None, description="default: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<image_tag>")
+    image_tag: str | None = Field(None, description="default: a new tag per build (UTC time and git revision)")
+    image_uri: str | None = Field(None, description="this image (by digest, or a tag resolved to its digest); default: the newest push")
+    images_kept: int = Field(10, ge=1, le=1000, description="ECR keeps the newest N images (untagged ones: a day)")
     registry: str | None = Field(None, description="push to this registry host instead of the account's ECR (mirrors, tests)")
     image_cuda_compat: bool = Field(False, description="built with --build-arg CUDA_COMPAT_IMAGE=...: NVIDIA's compatibility libraries")
     inference_ami_version: str | None = Field(None, description=f"GPU endpoints' host image (default: {gpu_hosts.NATIVE_AMI})")
@@ -142,6 +144,13 @@ class DeployConfig(BaseModel):
     def _repository(cls, value: str) -> str:
         if not _REPOSITORY.match(value):
             raise ValueError(f"{value!r} is not a valid ECR repository name")
+        return value
+
+    @field_validator("image_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        if value is not None and not _TAG.match(value):
+            raise ValueError(f"{value!r} is not an image tag (letters, digits, _ . -; at most 128 characters)")
         return value
 
     @field_validator("inference_ami_version")
@@ -232,13 +241,12 @@ class DeployConfig(BaseModel):
     def max_wait(self) -> int | None:
         return (self.max_wait_s or 2 * self.max_run_s) if self.use_spot else None
 
-    def image(self, account: str) -> str:
-        if self.image_uri:
-            return self.image_uri
+    def repository_uri(self, account: str) -> str:
+        """Where the image is pushed, without a tag: the account's ECR, or ``registry``."""
         if self.registry:
-            return f"{self.registry}/{self.repository}:{self.image_tag}"
+            return f"{self.registry}/{self.repository}"
         suffix = "amazonaws.com.cn" if self.region.startswith("cn-") else "amazonaws.com"
-        return f"{account}.dkr.ecr.{self.region}.{suffix}/{self.repository}:{self.image_tag}"
+        return f"{account}.dkr.ecr.{self.region}.{suffix}/{self.repository}"
 
 
 _INSTANCE_USES = {

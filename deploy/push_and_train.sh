@@ -82,16 +82,20 @@ else
   say "reusing $local_image ($built_for)"
 fi
 
-# 3. ECR: repository, login, tag, push (skipped in a dry run: nothing is sent)
+# 3. ECR: repository (lifecycle policy), a tag of this build's own, login, push; the jobs get the
+#    pushed digest, never the tag (skipped in a dry run: nothing is sent)
 if ((!dry_run)); then
-  target=$("$PYTHON" -m deploy.ecr repository "${args[@]+"${args[@]}"}")
+  target=$("$PYTHON" -m deploy.ecr repository "${args[@]+"${args[@]}"}") || die "no repository to push to (see above)"
   registry=$("$PYTHON" -m deploy.ecr registry "${args[@]+"${args[@]}"}")
   say "logging in to $registry"
   "$PYTHON" -m deploy.ecr password "${args[@]+"${args[@]}"}" | "$DOCKER" login --username AWS --password-stdin "$registry" >/dev/null
   say "pushing $target"
   "$DOCKER" tag "$local_image" "$target"
   "$DOCKER" push "$target"
-  args+=(--set "image_uri=$target")
+  digest=$("$DOCKER" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$target" | grep -F "${target%:*}@" | head -n 1) \
+    || die "docker reported no digest for $target"
+  say "pushed $digest"
+  args+=(--set "image_uri=$digest")
 fi
 
 # 4. the pipeline

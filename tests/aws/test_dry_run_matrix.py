@@ -32,6 +32,7 @@ CONFIGS = {
     },
 }
 GPU_ENDPOINT = ("gpu_endpoint", "gpu_compat_transform")  # Clarify's shadow endpoint takes no host image: no clarify step
+DIGEST = "@sha256:" + "0" * 64  # a dry run's placeholder for the pushed image's digest
 
 
 def _dry_run(tmp_path, steps, data=None, **overrides):
@@ -82,6 +83,10 @@ def test_every_request_passes_the_service_model_and_the_rules(recorded):
         *(() if name in GPU_ENDPOINT else ("CreateProcessingJob",)),
     }
     assert expected <= set(by_operation), name
+    images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateHyperParameterTuningJob"]]
+    images += [r["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateTrainingJob"]]
+    images += [r["PrimaryContainer"]["Image"] for r in by_operation["CreateModel"] if "PrimaryContainer" in r]
+    assert len(set(images)) == 1 and images[0].endswith("/image-classifier" + DIGEST), images  # never a tag
     names = [r["EndpointName"] for r in by_operation["CreateEndpoint"]]
     assert len(names) == len(set(names)) == 2  # the real-time and the multi-model endpoint
 

@@ -20,7 +20,7 @@ from deploy import pipeline
 from deploy.config import load_config
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
 from tests.aws import seeding
-from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.aws.conftest import BUCKET, REGION, ROLE, pinned_image
 from tests.aws.seeding import TUNED, Answers
 
 
@@ -100,7 +100,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert categorical == {"batch_size": ["32", "64", "128"], "freeze": ["head", "last:2", "none"], "model": ["resnet18", "resnet34"]}
     definition = tuning["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
-    assert definition["AlgorithmSpecification"]["TrainingImage"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == pinned_image()  # the newest push, by digest
     # the backbone is searched, so it is a tuned hyperparameter, not a static one
     assert definition["StaticHyperParameters"] == {"image_size": "32", "augment": "light", "epochs": "8"}
     assert definition["EnableManagedSpotTraining"] is True
@@ -219,6 +219,12 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert analysis["predictor"]["probability"] == "predictions[0].probabilities"
     assert analysis["predictor"]["custom_attributes"] == "probabilities=true"
     assert analysis["methods"]["shap"]["image_config"]["model_type"] == "IMAGE_CLASSIFICATION"
+
+    # every job and model of the run runs the one image it was given, by digest (a tag may move)
+    images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in aws.sent("CreateHyperParameterTuningJob")]
+    images += [r["AlgorithmSpecification"]["TrainingImage"] for r in aws.sent("CreateTrainingJob") if r["TrainingJobName"] == final]
+    images += [r["PrimaryContainer"]["Image"] for r in aws.sent("CreateModel") if r["ModelName"].startswith("ic-")]
+    assert len(images) >= 4 and set(images) == {pinned_image()} == {ctx.state.image_uri}
 
     # 8. cleanup: ours gone, a stranger's endpoint untouched
     _stranger(sm)

@@ -74,6 +74,7 @@ def _load(**overrides):
             {"inference_ami_version": "gpu-9"},
             "inference_ami_version: 'gpu-9' is not one of the service model's ProductionVariantInferenceAmiVersion",
         ),
+        ({"image_tag": "v1:latest"}, "image_tag: 'v1:latest' is not an image tag"),
     ],
 )
 def test_each_rule_names_the_field_and_the_fix(overrides, expected):

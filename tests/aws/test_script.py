@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import urllib.parse
 
 import boto3
 import pytest
@@ -73,7 +75,7 @@ def test_the_image_goes_to_the_region_the_jobs_run_in(aws, tmp_path):
         [str(VENV_BIN / "python"), "-m", "deploy.ecr", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert ".dkr.ecr.eu-west-1.amazonaws.com/image-classifier:latest" in result.stdout
+    assert re.match(r"^123456789012\.dkr\.ecr\.eu-west-1\.amazonaws\.com/image-classifier:\d{8}-\d{6}-[0-9a-f]+$", result.stdout.strip())
     boto3.client("ecr", region_name="eu-west-1").describe_repositories(repositoryNames=["image-classifier"])
 
 
