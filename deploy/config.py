@@ -107,6 +107,7 @@ class DeployConfig(BaseModel):
     transform_instance_type: str = "ml.m5.xlarge"
     clarify_instance_type: str = "ml.m5.xlarge"
     clarify_max_runtime_s: int = Field(7200, ge=60, le=777600)
+    wait_poll_s: float = Field(60.0, gt=0, description="how often a wait for a tuning job looks again (and prunes checkpoints)")
     # teardown: an endpoint SageMaker is still creating cannot be deleted until it leaves Creating
     teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")
     teardown_wait_s: int = Field(1800, ge=0, description="how long teardown waits for it before giving up")

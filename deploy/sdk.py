@@ -59,6 +59,11 @@ def training_input(uri: str) -> Any:
     return TrainingInput(uri, distribution="FullyReplicated")
 
 
+def checkpoint_uri(cfg: DeployConfig, run_id: str, kind: str) -> str:
+    """One prefix per run and kind; each job (each trial) writes a folder named after itself in it (``deploy.checkpoints``)."""
+    return f"{cfg.checkpoint_uri}/{run_id}/{kind}"
+
+
 def _vpc(cfg: DeployConfig) -> dict[str, Any]:
     return {"subnets": cfg.subnets or None, "security_group_ids": cfg.security_group_ids or None}
 
@@ -107,7 +112,7 @@ def estimator(
         max_run=cfg.max_run_s,
         use_spot_instances=cfg.use_spot,
         max_wait=cfg.max_wait,
-        checkpoint_s3_uri=f"{cfg.checkpoint_uri}/{run_id}/{kind}",
+        checkpoint_s3_uri=checkpoint_uri(cfg, run_id, kind),
         output_path=output_path,
         output_kms_key=cfg.kms_key_id,
         volume_kms_key=cfg.volume_key(cfg.train_instance_type),
