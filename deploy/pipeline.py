@@ -1,12 +1,13 @@
 """The AWS pipeline: a list of steps, each runnable alone (state carries between them).
 
+    python -m deploy.pipeline check                            # credentials, bucket region, role, quotas, Docker
     python -m deploy.pipeline data --data ~/dogImages.zip      # split, pre-flight, upload
     python -m deploy.pipeline weights                          # ImageNet weights -> pretrained channel
     python -m deploy.pipeline tune best train                  # tuning, best trial, final job
     python -m deploy.pipeline deploy query --yes               # real-time endpoint + top-5 of a sample, then deleted
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
-    python -m deploy.pipeline all --data PATH --yes            # data weights tune best train deploy query
+    python -m deploy.pipeline all --data PATH --yes            # check data weights tune best train deploy query
 
 Nothing is left billing: when a step fails, or on Ctrl-C, SIGTERM or SIGHUP, this invocation's
 jobs in progress are stopped and its endpoints, endpoint configs and models deleted; at the
@@ -36,7 +37,7 @@ from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
 from deploy.rules import RequestRefused
 from deploy.state import RunIdError, RunState, check_run_id, load_state, new_run_id
-from deploy.steps import clarify, cleanup, hosting, multi_model, training, transform
+from deploy.steps import check, clarify, cleanup, hosting, multi_model, training, transform
 from deploy.teardown import Outcome
 
 log = logging.getLogger("deploy")
@@ -52,6 +53,7 @@ class Step:
 
 
 STEPS = (
+    Step("check", check.step_check, in_all=True),
     Step("data", training.step_data, in_all=True),
     Step("weights", training.step_weights, in_all=True),
     Step("tune", training.step_tune, in_all=True),
@@ -69,12 +71,14 @@ BY_NAME = {step.name: step for step in STEPS}
 NEEDS_ENDPOINT = ("query",)  # held back with the billable steps when --yes is missing
 
 
-def run(steps: list[str], ctx: Context) -> Context:
+def run(steps: list[str], ctx: Context, plan: list[str] | None = None) -> Context:
     """Run the steps in order, releasing what they created when one fails or at the end.
 
-    A dry run then prints the recorded requests, alone on stdout.
+    ``plan``: the steps the pre-flight checks quotas for (default: ``steps``). A dry run then
+    prints the recorded requests, alone on stdout.
     """
     check_plan(ctx.cfg, steps)
+    ctx.plan = list(plan or steps)
     start = len(ctx.state.resources)
     with _stdout_to_stderr(ctx.dry_run):
         try:
@@ -164,7 +168,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=Path, default=None, help="image to send to the endpoint (default: the first test image)")
     parser.add_argument("--all-runs", action="store_true", help="cleanup: every run of this project, not only this one")
     optional = ",".join(s.name for s in STEPS if s.optional)
-    parser.add_argument("--with", dest="optional", default="", help=f"with 'all': comma-separated {optional}")
+    parser.add_argument("--with", dest="optional", default="", help=f"with 'all' (or 'check'): comma-separated {optional}")
     config_module.add_arguments(parser)
     return parser
 
@@ -173,16 +177,28 @@ def resolve_steps(args: argparse.Namespace) -> list[str]:
     """``all`` expanded (its data step only with --data; a dry run uses placeholders), endpoints held without --yes."""
     if "all" not in args.steps:
         return list(args.steps)
-    optional = [s for s in args.optional.split(",") if s]
-    unknown = [s for s in optional if s not in BY_NAME or not BY_NAME[s].optional]
-    if unknown:
-        raise StepError(f"--with takes {', '.join(s.name for s in STEPS if s.optional)}; got {unknown}")
+    optional = _optional(args)
     steps = [s.name for s in STEPS if s.in_all and (s.name != "data" or args.data)] + optional
     if not args.yes and not args.dry_run:  # everything up to the trained model; endpoints wait for --yes
         held = [s for s in steps if BY_NAME[s].billable or s in NEEDS_ENDPOINT]
         steps = [s for s in steps if s not in held]
         print(f"event=skipped steps={','.join(held)} reason=billable_needs_--yes", file=sys.stderr)
     return steps
+
+
+def _optional(args: argparse.Namespace) -> list[str]:
+    optional = [s for s in args.optional.split(",") if s]
+    unknown = [s for s in optional if s not in BY_NAME or not BY_NAME[s].optional]
+    if unknown:
+        raise StepError(f"--with takes {', '.join(s.name for s in STEPS if s.optional)}; got {unknown}")
+    return optional
+
+
+def resolve_plan(args: argparse.Namespace, steps: list[str]) -> list[str]:
+    """What the pre-flight checks: the steps, or for ``check`` alone those of ``all`` (and ``--with``)."""
+    if steps != ["check"]:
+        return steps
+    return [s.name for s in STEPS if s.in_all] + _optional(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, run_id=args.run_id, new_run=new_run, dry_run=args.dry_run, yes=args.yes, keep_endpoint=args.keep_endpoint, **options
         )
         with signals.raising():
-            run(steps, ctx)
+            run(steps, ctx, plan=resolve_plan(args, steps))
     except (ConfigError, StepError, RequestRefused, RunIdError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

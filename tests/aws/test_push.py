@@ -121,6 +121,15 @@ def test_push_creates_repository_logs_in_and_pushes(aws, engine, registry, small
     assert repository["imageTagMutability"] == "IMMUTABLE"
 
 
+def test_the_pre_flight_reads_the_engines_platform(engine, monkeypatch):
+    from deploy import preflight
+
+    for key, value in engine.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DOCKER", raising=False)
+    assert preflight.docker().line() == "check=docker status=ok detail='platform=linux/amd64'"
+
+
 def test_bad_configuration_stops_before_docker_or_aws(aws, engine, tmp_path):
     config = {"IC_REGION": REGION, "IC_ROLE_ARN": "not-an-arn", "IC_BUCKET": BUCKET, "IC_RUNS_DIR": str(tmp_path)}
     result = _script(engine, "--skip-build", "--local-image", "nothing:here", env_extra=config)
