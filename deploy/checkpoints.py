@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import results
 
@@ -46,7 +46,19 @@ def _status(sm: Any, job: str) -> str | None:
 
 
 def prune(s3: Any, sm: Any, uri: str, say: Callable[[str], None], depth: int = 0) -> int:
-    """Delete the folders under ``uri`` of jobs that have ended; returns the bytes removed."""
+    """Delete the folders under ``uri`` of jobs that have ended; returns the bytes removed.
+
+    Never fails the step: storage left behind must not stop a tuning job (nor tear it down).
+    """
+    try:
+        return _prune(s3, sm, uri, say, depth)
+    except (ClientError, BotoCoreError) as exc:
+        code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else type(exc).__name__
+        say(f"event=checkpoints_prune_failed uri={uri} error={code} action=continue")
+        return 0
+
+
+def _prune(s3: Any, sm: Any, uri: str, say: Callable[[str], None], depth: int) -> int:
     bucket, _ = results.split_s3(uri)
     removed = 0
     for job, objects in sorted(job_folders(s3, uri, depth).items()):

@@ -82,3 +82,13 @@ def test_trials_checkpoint_apart_and_ended_ones_are_pruned_while_the_tuning_job_
     assert definition["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/{PREFIX}"  # one prefix, a folder per trial inside
     assert definition["AlgorithmSpecification"]["TrainingImage"] == pinned_image()  # the newest push, by digest
     assert RunState.model_validate_json((runs / RUN / "state.json").read_text()).image_uri == pinned_image()
+
+
+def test_a_prune_that_aws_refuses_never_fails_the_step(aws):
+    """Storage left behind must not stop (and so tear down) a tuning job: the refusal is said, the step goes on."""
+    from deploy import checkpoints
+
+    said: list[str] = []
+    s3, sm = boto3.client("s3", region_name=REGION), boto3.client("sagemaker", region_name=REGION)
+    assert checkpoints.prune(s3, sm, "s3://ic-no-such-bucket/checkpoints/r/tune", said.append) == 0
+    assert said == ["event=checkpoints_prune_failed uri=s3://ic-no-such-bucket/checkpoints/r/tune error=NoSuchBucket action=continue"]
