@@ -57,10 +57,11 @@ class Aws:
     _clients: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def connect(cls, region: str, *, dry_run: bool = False) -> Aws:
+    def connect(cls, region: str, *, dry_run: bool = False, cuda_compat: bool = False) -> Aws:
+        """``cuda_compat``: the image carries NVIDIA's compatibility libraries (``image_cuda_compat``)."""
         session = boto3.Session(region_name=region)
         events = session._session.get_component("event_emitter")  # shared by every client of this session
-        aws = cls(boto=session, dry_run=DryRun() if dry_run else None)
+        aws = cls(boto=session, dry_run=DryRun() if dry_run else None, guard=Guard(RequestRules(cuda_compat=cuda_compat)))
         aws.guard.attach(events)
         if aws.dry_run is not None:
             aws.dry_run.attach(events)

@@ -23,7 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deploy import instances, kms, rules
+from deploy import gpu_hosts, instances, kms, rules
+from deploy.search_space import SearchSpace
+from deploy.service_model import enum
 from image_classifier.params import EXPLAIN_METHODS
 
 ENV_PREFIX = "IC_"
@@ -32,12 +34,12 @@ DEFAULT_CONFIG_FILE = Path(__file__).with_name("config.toml")
 _ROLE_ARN = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REPOSITORY = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
+_TAG = re.compile(r"^[\w][\w.-]{0,127}$")  # Docker's tag grammar (ECR takes it)
 
 
 # Debugger, Profiler, Clarify: "auto" tries the service and carries on without it where the
 # account is refused it (docs/aws.md: "Services that may be closed"); "on" fails instead; "off".
 ServiceMode = Literal["auto", "on", "off"]
-MAX_CATEGORICAL_VALUES = 30  # CategoricalParameterRange.Values in the service model
 DEFAULT_MAX_JOBS = 12
 
 
@@ -52,44 +54,6 @@ def _known_regions() -> set[str]:
     return {region for partition in ("aws", "aws-cn", "aws-us-gov") for region in session.get_available_regions("sagemaker", partition)}
 
 
-class SearchSpace(BaseModel):
-    """Hyperparameter ranges of the tuning job (names are the trainer's own hyperparameters)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    lr: tuple[float, float] = (1e-4, 1e-2)
-    lr_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
-    weight_decay: tuple[float, float] = (1e-6, 1e-2)
-    weight_decay_values: list[float] = Field(default_factory=list, description="categorical instead of the range (Grid needs it)")
-    batch_size: list[int] = [32, 64, 128]
-    freeze: list[str] = ["head", "last:2", "none"]
-    models: list[str] = Field(default_factory=list, description="also search the backbone; empty: the config's model only")
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0 < low < high:
-            raise ValueError(f"need 0 < low < high, got {list(value)}")
-        return value
-
-    @field_validator("batch_size", "freeze")
-    @classmethod
-    def _non_empty(cls, value: list) -> list:
-        if not value:
-            raise ValueError("needs at least one value")
-        return value
-
-    @field_validator("lr_values", "weight_decay_values", "batch_size", "freeze", "models")
-    @classmethod
-    def _categorical(cls, value: list) -> list:
-        if len(value) > MAX_CATEGORICAL_VALUES:
-            raise ValueError(f"{len(value)} values; SageMaker takes at most {MAX_CATEGORICAL_VALUES} per categorical range")
-        if any(isinstance(v, float) and v <= 0 for v in value):
-            raise ValueError(f"values must be > 0, got {value}")
-        return value
-
-
 class DeployConfig(BaseModel):
     """Everything the pipeline needs to know about the account and the run."""
 
@@ -102,11 +66,14 @@ class DeployConfig(BaseModel):
     prefix: str = "image-classifier"
     kms_key_id: str | None = Field(None, description="key id, key ARN, alias or alias ARN: S3, ECR, job outputs, endpoints")
     volume_kms_key_id: str | None = Field(None, description="key id or key ARN for job volumes (default: kms_key_id)")
-    # the image
+    # the image: jobs and models name it by digest (deploy.ecr)
     repository: str = "image-classifier"
-    image_tag: str = "latest"
-    image_uri: str | None = Field(None, description="default: <account>.dkr.ecr.<region>.amazonaws.com/<repository>:<image_tag>")
+    image_tag: str | None = Field(None, description="default: a new tag per build (UTC time and git revision)")
+    image_uri: str | None = Field(None, description="this image (by digest, or a tag resolved to its digest); default: the newest push")
+    images_kept: int = Field(10, ge=1, le=1000, description="ECR keeps the newest N images (untagged ones: a day)")
     registry: str | None = Field(None, description="push to this registry host instead of the account's ECR (mirrors, tests)")
+    image_cuda_compat: bool = Field(False, description="built with --build-arg CUDA_COMPAT_IMAGE=...: NVIDIA's compatibility libraries")
+    inference_ami_version: str | None = Field(None, description=f"GPU endpoints' host image (default: {gpu_hosts.NATIVE_AMI})")
     # training
     model: str = "resnet50"
     train_instance_type: str = "ml.g5.xlarge"
@@ -142,6 +109,7 @@ class DeployConfig(BaseModel):
     clarify_instance_type: str = "ml.m5.xlarge"
     clarify_max_runtime_s: int = Field(7200, ge=60, le=777600)
     explain_method: str = Field("auto", description="the explain step's method: IMAGE_CLASSIFIER_EXPLAIN of its batch transform")
+    wait_poll_s: float = Field(60.0, gt=0, description="how often a wait for a tuning job looks again (and prunes checkpoints)")
     # teardown: an endpoint SageMaker is still creating cannot be deleted until it leaves Creating
     teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")
     teardown_wait_s: int = Field(1800, ge=0, description="how long teardown waits for it before giving up")
@@ -179,6 +147,21 @@ class DeployConfig(BaseModel):
     def _repository(cls, value: str) -> str:
         if not _REPOSITORY.match(value):
             raise ValueError(f"{value!r} is not a valid ECR repository name")
+        return value
+
+    @field_validator("image_tag")
+    @classmethod
+    def _tag(cls, value: str | None) -> str | None:
+        if value is not None and not _TAG.match(value):
+            raise ValueError(f"{value!r} is not an image tag (letters, digits, _ . -; at most 128 characters)")
+        return value
+
+    @field_validator("inference_ami_version")
+    @classmethod
+    def _ami(cls, value: str | None) -> str | None:
+        allowed = enum("sagemaker", "ProductionVariantInferenceAmiVersion")
+        if value is not None and value not in allowed:
+            raise ValueError(f"{value!r} is not one of the service model's ProductionVariantInferenceAmiVersion: {', '.join(allowed)}")
         return value
 
     @field_validator(
@@ -268,13 +251,12 @@ class DeployConfig(BaseModel):
     def max_wait(self) -> int | None:
         return (self.max_wait_s or 2 * self.max_run_s) if self.use_spot else None
 
-    def image(self, account: str) -> str:
-        if self.image_uri:
-            return self.image_uri
+    def repository_uri(self, account: str) -> str:
+        """Where the image is pushed, without a tag: the account's ECR, or ``registry``."""
         if self.registry:
-            return f"{self.registry}/{self.repository}:{self.image_tag}"
+            return f"{self.registry}/{self.repository}"
         suffix = "amazonaws.com.cn" if self.region.startswith("cn-") else "amazonaws.com"
-        return f"{account}.dkr.ecr.{self.region}.{suffix}/{self.repository}:{self.image_tag}"
+        return f"{account}.dkr.ecr.{self.region}.{suffix}/{self.repository}"
 
 
 _INSTANCE_USES = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import sdk, teardown
+from deploy import ecr, sdk, teardown
 from deploy.aws import Aws
 from deploy.config import DeployConfig
 from deploy.state import Resource, RunState
@@ -38,6 +38,7 @@ class Context:
     pretrained_dir: Path | None = None
     sample: Path | None = None
     all_runs: bool = False
+    plan: list[str] = field(default_factory=list)  # the steps of this invocation (the pre-flight checks their quotas)
     lines: list[str] = field(default_factory=list)
     _sagemaker: Any = None
 
@@ -66,8 +67,13 @@ class Context:
             self.state.save(self.cfg.runs_dir)
 
     def image_uri(self) -> str:
+        """The run's image, by digest (``deploy.ecr.pinned``): resolved once, so every job of the run uses the same."""
         if self.state.image_uri is None:
-            self.state.image_uri = self.cfg.image(self.aws.account())
+            try:
+                self.state.image_uri = ecr.pinned(self.aws, self.cfg, self.say)
+            except ecr.ImageError as exc:
+                raise StepError(str(exc)) from None
+            self.save()
         return self.state.image_uri
 
     def need(self, attribute: str, step: str) -> Any:

@@ -1,5 +1,6 @@
 """The AWS pipeline: a list of steps, each runnable alone (state carries between them).
 
+    python -m deploy.pipeline check                            # credentials, bucket region, role, quotas, Docker
     python -m deploy.pipeline data --data ~/dogImages.zip      # split, pre-flight, upload
     python -m deploy.pipeline weights                          # ImageNet weights -> pretrained channel
     python -m deploy.pipeline tune best train                  # tuning, best trial, final job
@@ -7,7 +8,7 @@
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
     python -m deploy.pipeline explain                          # heatmaps over the test set, an HTML gallery (no Clarify needed)
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
-    python -m deploy.pipeline all --data PATH --yes            # data weights tune best train deploy query
+    python -m deploy.pipeline all --data PATH --yes            # check data weights tune best train deploy query
 
 Nothing is left billing: when a step fails, or on Ctrl-C, SIGTERM or SIGHUP, this invocation's
 jobs in progress are stopped and its endpoints, endpoint configs and models deleted; at the
@@ -31,13 +32,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import config as config_module
-from deploy import signals
+from deploy import rules, signals
 from deploy.aws import Aws
 from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
 from deploy.rules import RequestRefused
 from deploy.state import RunIdError, RunState, check_run_id, load_state, new_run_id
-from deploy.steps import clarify, cleanup, explain, hosting, multi_model, training, transform
+from deploy.steps import check, clarify, cleanup, explain, hosting, multi_model, training, transform
 from deploy.teardown import Outcome
 
 log = logging.getLogger("deploy")
@@ -53,6 +54,7 @@ class Step:
 
 
 STEPS = (
+    Step("check", check.step_check, in_all=True),
     Step("data", training.step_data, in_all=True),
     Step("weights", training.step_weights, in_all=True),
     Step("tune", training.step_tune, in_all=True),
@@ -71,11 +73,14 @@ BY_NAME = {step.name: step for step in STEPS}
 NEEDS_ENDPOINT = ("query",)  # held back with the billable steps when --yes is missing
 
 
-def run(steps: list[str], ctx: Context) -> Context:
+def run(steps: list[str], ctx: Context, plan: list[str] | None = None) -> Context:
     """Run the steps in order, releasing what they created when one fails or at the end.
 
-    A dry run then prints the recorded requests, alone on stdout.
+    ``plan``: the steps the pre-flight checks quotas for (default: ``steps``). A dry run then
+    prints the recorded requests, alone on stdout.
     """
+    check_plan(ctx.cfg, steps)
+    ctx.plan = list(plan or steps)
     start = len(ctx.state.resources)
     with _stdout_to_stderr(ctx.dry_run):
         try:
@@ -93,6 +98,13 @@ def run(steps: list[str], ctx: Context) -> Context:
     if ctx.aws.dry_run is not None:
         print(ctx.aws.dry_run.dump(), flush=True)
     return ctx
+
+
+def check_plan(cfg: DeployConfig, steps: list[str]) -> None:
+    """The rules that depend on which steps run (``deploy.rules.plan_refusals``), before any of them."""
+    refusals = rules.plan_refusals(cfg, steps)
+    if refusals:
+        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refusals)]))
 
 
 def _summary(ctx: Context, steps: list[str], outcomes: list[Outcome]) -> str:
@@ -139,7 +151,8 @@ def context(
         state = RunState(run_id=new_run_id())
     else:
         state = load_state(cfg.runs_dir, run_id)
-    return Context(cfg=cfg, aws=Aws.connect(cfg.region, dry_run=dry_run), state=state, yes=yes, **options)
+    aws = Aws.connect(cfg.region, dry_run=dry_run, cuda_compat=cfg.image_cuda_compat)
+    return Context(cfg=cfg, aws=aws, state=state, yes=yes, **options)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -157,7 +170,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=Path, default=None, help="image to send to the endpoint (default: the first test image)")
     parser.add_argument("--all-runs", action="store_true", help="cleanup: every run of this project, not only this one")
     optional = ",".join(s.name for s in STEPS if s.optional)
-    parser.add_argument("--with", dest="optional", default="", help=f"with 'all': comma-separated {optional}")
+    parser.add_argument("--with", dest="optional", default="", help=f"with 'all' (or 'check'): comma-separated {optional}")
     config_module.add_arguments(parser)
     return parser
 
@@ -166,16 +179,28 @@ def resolve_steps(args: argparse.Namespace) -> list[str]:
     """``all`` expanded (its data step only with --data; a dry run uses placeholders), endpoints held without --yes."""
     if "all" not in args.steps:
         return list(args.steps)
-    optional = [s for s in args.optional.split(",") if s]
-    unknown = [s for s in optional if s not in BY_NAME or not BY_NAME[s].optional]
-    if unknown:
-        raise StepError(f"--with takes {', '.join(s.name for s in STEPS if s.optional)}; got {unknown}")
+    optional = _optional(args)
     steps = [s.name for s in STEPS if s.in_all and (s.name != "data" or args.data)] + optional
     if not args.yes and not args.dry_run:  # everything up to the trained model; endpoints wait for --yes
         held = [s for s in steps if BY_NAME[s].billable or s in NEEDS_ENDPOINT]
         steps = [s for s in steps if s not in held]
         print(f"event=skipped steps={','.join(held)} reason=billable_needs_--yes", file=sys.stderr)
     return steps
+
+
+def _optional(args: argparse.Namespace) -> list[str]:
+    optional = [s for s in args.optional.split(",") if s]
+    unknown = [s for s in optional if s not in BY_NAME or not BY_NAME[s].optional]
+    if unknown:
+        raise StepError(f"--with takes {', '.join(s.name for s in STEPS if s.optional)}; got {unknown}")
+    return optional
+
+
+def resolve_plan(args: argparse.Namespace, steps: list[str]) -> list[str]:
+    """What the pre-flight checks: the steps, or for ``check`` alone those of ``all`` (and ``--with``)."""
+    if steps != ["check"]:
+        return steps
+    return [s.name for s in STEPS if s.in_all] + _optional(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         billable = [s for s in steps if BY_NAME[s].billable]
         if billable and not args.yes and not args.dry_run:
             raise StepError(f"steps {billable} create billable resources: pass --yes (or --dry-run)")
+        check_plan(cfg, steps)
         if args.validate_only:
             print(f"event=config_ok region={cfg.region} steps={','.join(steps)}", file=sys.stderr)
             return 0
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, run_id=args.run_id, new_run=new_run, dry_run=args.dry_run, yes=args.yes, keep_endpoint=args.keep_endpoint, **options
         )
         with signals.raising():
-            run(steps, ctx)
+            run(steps, ctx, plan=resolve_plan(args, steps))
     except (ConfigError, StepError, RequestRefused, RunIdError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (or reuse) the image for linux/amd64, push it to ECR, then run the AWS pipeline.
+# Check the account, build (or reuse) the image for linux/amd64, push it to ECR under a tag of
+# its own, then run the AWS pipeline on the pushed image's digest.
 #
 #   deploy/push_and_train.sh [script options] [pipeline and configuration arguments...]
 #
@@ -14,7 +15,7 @@
 # Every other argument goes to `python -m deploy.pipeline all` and to the configuration check
 # (--region X or --region=X, --set key=value, --dry-run, --yes, --keep-endpoint, --with ...).
 # The configuration comes from deploy/config.toml, IC_* variables or flags. Examples:
-#   deploy/push_and_train.sh --data ~/dogImages.zip --yes              # push, then data weights tune best train deploy query
+#   deploy/push_and_train.sh --data ~/dogImages.zip --yes              # check, push, then data weights tune best train deploy query
 #   deploy/push_and_train.sh --skip-build --dry-run                     # print every create request, send nothing
 #   deploy/push_and_train.sh --bake-weights --push-only                 # ImageNet weights baked into the image, push only
 set -euo pipefail
@@ -33,7 +34,7 @@ pipeline_args=()
 
 say() { printf 'push_and_train: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -56,9 +57,14 @@ done
 args=("${pipeline_args[@]+"${pipeline_args[@]}"}")
 
 # 1. the configuration and the arguments, checked before anything is built or sent (all of them:
-#    the image must go to the region and repository the jobs will use)
+#    the image must go to the region and repository the jobs will use); then the account's
+#    pre-flight (credentials, bucket region, role, quotas, Docker): a 7 GB build is slow to waste
 "$PYTHON" -m deploy.pipeline all --validate-only "${args[@]+"${args[@]}"}" \
   || die "fix the configuration above (deploy/config.example.toml and docs/aws.md document every field)"
+if ((!dry_run && !push_only)); then
+  "$PYTHON" -m deploy.pipeline check "${args[@]+"${args[@]}"}" \
+    || die "fix what the pre-flight found (each status=problem line names its fix)"
+fi
 
 # 2. the image (a dry run builds only when asked: it sends nothing and needs no image)
 if ((dry_run && !build_asked)); then
@@ -82,16 +88,20 @@ else
   say "reusing $local_image ($built_for)"
 fi
 
-# 3. ECR: repository, login, tag, push (skipped in a dry run: nothing is sent)
+# 3. ECR: repository (lifecycle policy), a tag of this build's own, login, push; the jobs get the
+#    pushed digest, never the tag (skipped in a dry run: nothing is sent)
 if ((!dry_run)); then
-  target=$("$PYTHON" -m deploy.ecr repository "${args[@]+"${args[@]}"}")
+  target=$("$PYTHON" -m deploy.ecr repository "${args[@]+"${args[@]}"}") || die "no repository to push to (see above)"
   registry=$("$PYTHON" -m deploy.ecr registry "${args[@]+"${args[@]}"}")
   say "logging in to $registry"
   "$PYTHON" -m deploy.ecr password "${args[@]+"${args[@]}"}" | "$DOCKER" login --username AWS --password-stdin "$registry" >/dev/null
   say "pushing $target"
   "$DOCKER" tag "$local_image" "$target"
   "$DOCKER" push "$target"
-  args+=(--set "image_uri=$target")
+  digest=$("$DOCKER" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$target" | grep -F "${target%:*}@" | head -n 1) \
+    || die "docker reported no digest for $target"
+  say "pushed $digest"
+  args+=(--set "image_uri=$digest")
 fi
 
 # 4. the pipeline

@@ -3,7 +3,8 @@
 Two views of the same rules:
 
 - ``config_refusals(cfg)``: the configuration check, run whenever a configuration is loaded, so
-  a bad combination fails with the field's name before anything is built or sent.
+  a bad combination fails with the field's name before anything is built or sent;
+  ``plan_refusals(cfg, steps)`` adds the rules that depend on the steps a run will take.
 - ``RequestRules``: the same rules on each request as the SDK finally builds it (the SDK adds
   the organisation's defaults from its own config.yaml, which the configuration never sees),
   plus name reuse within a session. ``deploy.aws`` runs them, with the service model's
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploy import kms
+from deploy import gpu_hosts, kms
 from deploy.instances import has_local_nvme, is_accelerated
 
 if TYPE_CHECKING:
@@ -98,7 +99,32 @@ def config_refusals(cfg: DeployConfig) -> list[Refusal]:
             out.append(Refusal("kms_key_id", message))
     if is_accelerated(cfg.multi_model_instance_type):
         out.append(Refusal("multi_model_instance_type", MULTI_MODEL_GPU.format(value=cfg.multi_model_instance_type)))
+    return out + _gpu_refusals(cfg)
+
+
+def _gpu_refusals(cfg: DeployConfig) -> list[Refusal]:
+    """The GPU hosts the image cannot run on (``deploy.gpu_hosts``; docs/image.md, "GPU drivers")."""
+    out = []
+    for name in ("train_instance_type", "endpoint_instance_type", "transform_instance_type"):
+        if reason := gpu_hosts.never(getattr(cfg, name)):
+            out.append(Refusal(name, reason))
+    if reason := gpu_hosts.transform_problem(cfg.transform_instance_type, cfg.image_cuda_compat):
+        out.append(Refusal("transform_instance_type", reason))
+    if cfg.inference_ami_version and (reason := gpu_hosts.ami_problem(cfg.inference_ami_version, cfg.image_cuda_compat)):
+        out.append(Refusal("inference_ami_version", reason))
     return out
+
+
+def plan_refusals(cfg: DeployConfig, steps: list[str]) -> list[Refusal]:
+    """Rules that hold only for the steps a run takes."""
+    if "clarify" in steps and gpu_hosts.is_nvidia(cfg.endpoint_instance_type):
+        message = (
+            f"{cfg.endpoint_instance_type!r} is a GPU: Clarify's shadow endpoint takes no InferenceAmiVersion, and SageMaker's "
+            "default GPU host drivers cannot run the image's CUDA 13 build: run the clarify step with a CPU type "
+            "(--endpoint-instance-type ml.m5.xlarge)"
+        )
+        return [Refusal("endpoint_instance_type", message)]
+    return []
 
 
 def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> list[str]:
@@ -115,12 +141,18 @@ def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> li
     return problems
 
 
+def _never(where: str, resources: dict[str, Any]) -> list[str]:
+    reason = gpu_hosts.never(resources.get("InstanceType", ""))
+    return [f"{where}.InstanceType: {reason}"] if reason else []
+
+
 @dataclass
 class RequestRules:
     """The rules on requests; remembers multi-model models and the names created this session."""
 
     multi_model: set[str] = field(default_factory=set)
     created: set[tuple[str, str]] = field(default_factory=set)
+    cuda_compat: bool = False  # the image carries NVIDIA's forward-compatibility libraries (image_cuda_compat)
 
     def refusals(self, service: str, operation: str, params: dict[str, Any]) -> list[str]:
         if service != "sagemaker":
@@ -155,13 +187,31 @@ class RequestRules:
             if config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs") is not None:
                 problems.append(f"HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs: {GRID_LIMIT}")
         resources = params.get("TrainingJobDefinition", {}).get("ResourceConfig", {})
-        return problems + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
+        return (
+            problems
+            + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
+            + _never("TrainingJobDefinition.ResourceConfig", resources)
+        )
 
     def _CreateTrainingJob(self, params: dict[str, Any]) -> list[str]:
-        return _volume("ResourceConfig", params.get("ResourceConfig", {}), alias_allowed=False)
+        resources = params.get("ResourceConfig", {})
+        return _volume("ResourceConfig", resources, alias_allowed=False) + _never("ResourceConfig", resources)
 
     def _CreateTransformJob(self, params: dict[str, Any]) -> list[str]:
-        return _volume("TransformResources", params.get("TransformResources", {}), alias_allowed=True)
+        resources = params.get("TransformResources", {})
+        problems = _volume("TransformResources", resources, alias_allowed=True) + _never("TransformResources", resources)
+        instance_type = resources.get("InstanceType", "")
+        if not gpu_hosts.is_nvidia(instance_type) or problems:
+            return problems
+        if reason := gpu_hosts.transform_problem(instance_type, self.cuda_compat):
+            return [f"TransformResources.InstanceType: {reason}"]
+        ami, env = gpu_hosts.transform_settings(instance_type, self.cuda_compat)
+        if resources.get("TransformAmiVersion") != ami:
+            problems.append(f"TransformResources.TransformAmiVersion: {resources.get('TransformAmiVersion')!r}; GPU transform needs {ami}")
+        for key, value in env.items():
+            if params.get("Environment", {}).get(key) != value:
+                problems.append(f"Environment.{key}: must be {value!r} on {ami} (the image selects the compatibility libraries itself)")
+        return problems
 
     def _CreateProcessingJob(self, params: dict[str, Any]) -> list[str]:
         cluster = params.get("ProcessingResources", {}).get("ClusterConfig", {})
@@ -188,4 +238,17 @@ class RequestRules:
                 )
             if variant.get("ModelName") in self.multi_model and is_accelerated(instance_type):
                 problems.append(f"ProductionVariants[{index}].InstanceType: {MULTI_MODEL_GPU.format(value=instance_type)}")
+            problems += self._gpu_variant(f"ProductionVariants[{index}]", variant)
+        for index, variant in enumerate(params.get("ShadowProductionVariants", [])):
+            problems += self._gpu_variant(f"ShadowProductionVariants[{index}]", variant)
         return problems
+
+    def _gpu_variant(self, where: str, variant: dict[str, Any]) -> list[str]:
+        """A GPU variant (real-time or async) needs a host image whose driver runs the CUDA 13 build."""
+        instance_type = variant.get("InstanceType", "")
+        if not gpu_hosts.is_nvidia(instance_type):
+            return []
+        if reason := gpu_hosts.never(instance_type):
+            return [f"{where}.InstanceType: {reason}"]
+        reason = gpu_hosts.ami_problem(variant.get("InferenceAmiVersion"), self.cuda_compat)
+        return [f"{where}.InferenceAmiVersion: {reason}"] if reason else []

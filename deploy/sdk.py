@@ -13,11 +13,13 @@ network first), so those defaults still apply wherever the configuration leaves 
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from typing import Any
 
 import boto3
 
+from deploy import gpu_hosts
 from deploy.config import DeployConfig
 from deploy.tags import tag_list
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
@@ -55,6 +57,11 @@ def training_input(uri: str) -> Any:
     from sagemaker.inputs import TrainingInput
 
     return TrainingInput(uri, distribution="FullyReplicated")
+
+
+def checkpoint_uri(cfg: DeployConfig, run_id: str, kind: str) -> str:
+    """One prefix per run and kind; each job (each trial) writes a folder named after itself in it (``deploy.checkpoints``)."""
+    return f"{cfg.checkpoint_uri}/{run_id}/{kind}"
 
 
 def _vpc(cfg: DeployConfig) -> dict[str, Any]:
@@ -105,7 +112,7 @@ def estimator(
         max_run=cfg.max_run_s,
         use_spot_instances=cfg.use_spot,
         max_wait=cfg.max_wait,
-        checkpoint_s3_uri=f"{cfg.checkpoint_uri}/{run_id}/{kind}",
+        checkpoint_s3_uri=checkpoint_uri(cfg, run_id, kind),
         output_path=output_path,
         output_kms_key=cfg.kms_key_id,
         volume_kms_key=cfg.volume_key(cfg.train_instance_type),
@@ -202,9 +209,20 @@ def image_payload(*images: bytes) -> dict[str, Any]:
 
 
 def transformer(cfg: DeployConfig, sm_session: Any, *, model_name: str, output_path: str, run_id: str) -> Any:
-    """One request per image file, one JSON line per answer (``.out`` next to each input key)."""
+    """One request per image file, one JSON line per answer (``.out`` next to each input key).
+
+    On a GPU type the job needs a host image (``deploy.gpu_hosts.transform_settings``), which the
+    SDK's Transformer cannot set: a hook on this session's CreateTransformJob requests adds it to
+    ``TransformResources``; the request guard then checks the request as sent.
+    """
     from sagemaker.transformer import Transformer
 
+    ami, env = gpu_hosts.transform_settings(cfg.transform_instance_type, cfg.image_cuda_compat)
+    if ami is not None:  # on the client itself: a client copies the session's handlers when it is made
+        events = sm_session.sagemaker_client.meta.events
+        events.register(
+            "provide-client-params.sagemaker.CreateTransformJob", functools.partial(_transform_ami, ami), unique_id="ic-transform-ami"
+        )
     return Transformer(
         model_name=model_name,
         instance_count=1,
@@ -216,9 +234,14 @@ def transformer(cfg: DeployConfig, sm_session: Any, *, model_name: str, output_p
         output_kms_key=cfg.kms_key_id,
         volume_kms_key=cfg.volume_key(cfg.transform_instance_type),
         max_payload=6,
+        env=env or None,
         tags=tag_list(run_id, cfg.tags),
         sagemaker_session=sm_session,
     )
+
+
+def _transform_ami(ami: str, params: dict[str, Any], **_: Any) -> None:
+    params.setdefault("TransformResources", {}).setdefault("TransformAmiVersion", ami)
 
 
 def clarify_job(

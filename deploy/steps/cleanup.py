@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from deploy import cleanup
+from deploy import checkpoints, cleanup
 from deploy.context import Context, StepError
 
 
 def step_cleanup(ctx: Context) -> None:
-    """Running jobs stopped; endpoints, endpoint configs and models deleted (``deploy.cleanup``)."""
+    """Running jobs stopped; endpoints, endpoint configs and models deleted (``deploy.cleanup``); ended jobs' checkpoints deleted."""
     run_id = None if ctx.all_runs else ctx.state.run_id
     found = cleanup.find(ctx.aws.client("sagemaker"), run_id)
     outcomes = ctx.release(found, keep_hosting=False, reason="cleanup")
+    if not ctx.dry_run:  # ended jobs' checkpoint folders (deploy.checkpoints): nothing resumes them
+        root = ctx.cfg.checkpoint_uri if ctx.all_runs else f"{ctx.cfg.checkpoint_uri}/{ctx.state.run_id}"
+        checkpoints.prune(ctx.aws.client("s3"), ctx.aws.client("sagemaker"), root, ctx.say, depth=2 if ctx.all_runs else 1)
     ctx.say(f"event=cleanup_done run_id={run_id or 'all'} released={sum(o.action in ('stopped', 'deleted') for o in outcomes)}")
     if any(o.action == "failed" for o in outcomes):
         raise StepError("cleanup could not release everything: see the event=still_billing lines")

@@ -6,7 +6,7 @@ from typing import Any
 
 from botocore.exceptions import WaiterError
 
-from deploy import results, sdk
+from deploy import gpu_hosts, results, sdk
 from deploy.context import Context, StepError
 from deploy.tags import tag_list
 
@@ -48,6 +48,7 @@ def step_deploy(ctx: Context) -> None:
         endpoint_name=endpoint,
         tags=tag_list(ctx.state.run_id, ctx.cfg.tags),
         kms_key=ctx.cfg.endpoint_key(instance_type),
+        inference_ami_version=gpu_hosts.inference_ami(instance_type, ctx.cfg.inference_ami_version),  # GPU: driver 580
         wait=False,
     )
     wait_in_service(ctx, endpoint)

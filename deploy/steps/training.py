@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from deploy import results, sdk, services, tuning
+from deploy import checkpoints, results, sdk, services, tuning
 from deploy.context import Context, StepError
 from image_classifier.modeling.weights_io import safe_name
 
@@ -96,9 +97,27 @@ def step_tune(ctx: Context) -> None:
     limit = ctx.cfg.job_limit or "grid"
     ctx.say(f"event=tuning_started job={name} strategy={ctx.cfg.strategy} max_jobs={limit} parallel={ctx.cfg.max_parallel_jobs}")
     if not ctx.dry_run:
-        tuner.wait()
-        status = ctx.aws.client("sagemaker").describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        ctx.say(f"event=tuning_done job={name} status={status['HyperParameterTuningJobStatus']}")
+        status, described = _wait_for_tuning(ctx, name, estimator.checkpoint_s3_uri)
+        ctx.say(f"event=tuning_done job={name} status={status}")
+        if status == "Failed":
+            raise StepError(f"tuning job {name} failed: {described.get('FailureReason', 'no reason given')}")
+
+
+def _wait_for_tuning(ctx: Context, name: str, checkpoint_uri: str) -> tuple[str, dict[str, Any]]:
+    """Until the tuning job ends, every ``wait_poll_s``; meanwhile ended trials' checkpoint folders go."""
+    sm, s3 = ctx.aws.client("sagemaker"), ctx.aws.client("s3")
+    said = ""
+    while True:
+        described = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        status = described["HyperParameterTuningJobStatus"]
+        counts = " ".join(f"{k.lower()}={v}" for k, v in sorted(described.get("TrainingJobStatusCounters", {}).items()))
+        if counts != said:
+            ctx.say(f"event=tuning_progress job={name} status={status} {counts}".rstrip())
+            said = counts
+        checkpoints.prune(s3, sm, checkpoint_uri, ctx.say)
+        if status not in ("InProgress", "Stopping"):
+            return status, described
+        time.sleep(ctx.cfg.wait_poll_s)
 
 
 def step_best(ctx: Context) -> None:
@@ -121,6 +140,9 @@ def step_train(ctx: Context) -> None:
     hyperparameters = _static_hyperparameters(ctx, ctx.cfg.final_epochs)
     hyperparameters.update({k: v for k, v in ctx.state.best_hyperparameters.items() if k != "epochs"})
     inputs = _inputs(ctx, ("train", "validation", "test", "pretrained"))
+    final_checkpoints = sdk.checkpoint_uri(ctx.cfg, ctx.state.run_id, "final")
+    if not ctx.dry_run:  # an earlier attempt's folder: never resumed (this job has a new name)
+        checkpoints.prune(ctx.aws.client("s3"), ctx.aws.client("sagemaker"), final_checkpoints, ctx.say)
     name = ctx.new_name("final")
     ctx.record("training-job", name)
 
@@ -148,6 +170,7 @@ def step_train(ctx: Context) -> None:
         return
     estimator.latest_training_job.wait(logs="All" if ctx.cfg.stream_logs else "None")
     collect_reports(ctx)
+    checkpoints.prune(ctx.aws.client("s3"), ctx.aws.client("sagemaker"), final_checkpoints, ctx.say)
 
 
 def step_reports(ctx: Context) -> None:

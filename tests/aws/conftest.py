@@ -24,6 +24,11 @@ from tests.helpers import VENV_BIN, free_port
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 BUCKET = "ic-test-bucket"
+REPOSITORY = "image-classifier"
+TRUST_SAGEMAKER = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
 
 
 @dataclass
@@ -126,9 +131,41 @@ def aws(emulator, monkeypatch) -> Emulator:
     import boto3
 
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    boto3.client("iam", region_name=REGION).create_role(
+        RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument=json.dumps(TRUST_SAGEMAKER)
+    )
+    boto3.client("ecr", region_name=REGION).create_repository(repositoryName=REPOSITORY, imageTagMutability="IMMUTABLE")
+    push_image("20261201-120000-seed")
     emulator.post("/moto-api/recorder/reset-recording")
     emulator.post("/moto-api/recorder/start-recording")
     return emulator
+
+
+def push_image(tag: str, repository: str = REPOSITORY) -> str:
+    """What a ``docker push`` leaves in ECR: an image manifest under ``tag``; returns its digest."""
+    import hashlib
+
+    import boto3
+
+    layer = hashlib.sha256(tag.encode()).hexdigest()  # a different image per tag
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 1, "digest": f"sha256:{layer}"},
+        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": 1, "digest": f"sha256:{layer}"}],
+    }
+    image = boto3.client("ecr", region_name=REGION).put_image(repositoryName=repository, imageManifest=json.dumps(manifest), imageTag=tag)
+    return image["image"]["imageId"]["imageDigest"]
+
+
+def pinned_image(digest: str | None = None) -> str:
+    """The image URI the pipeline gives jobs and models: the repository by digest (default: the newest push)."""
+    import boto3
+
+    if digest is None:
+        details = boto3.client("ecr", region_name=REGION).describe_images(repositoryName=REPOSITORY)["imageDetails"]
+        digest = max(details, key=lambda d: d["imagePushedAt"])["imageDigest"]
+    return f"123456789012.dkr.ecr.{REGION}.amazonaws.com/{REPOSITORY}@{digest}"
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -14,7 +14,14 @@ StopProcessingJob). So this proxy forwards every request to the emulator unchang
 - a DeleteEndpoint of an endpoint held ``Creating``: refused with a ValidationException, as
   SageMaker refuses to delete an endpoint it is still creating; after the first refusal, the
   endpoint finishes creating after ``release_after`` more DescribeEndpoint calls;
-- a refusal rule: a matching request gets the given AWS error (a service closed to the account).
+- a refusal rule: a matching request gets the given AWS error (a service closed to the account);
+- a recorded answer (``answer``): a call the emulator does not implement (Service Quotas'
+  ListServiceQuotas, and SageMaker's quotas in ListAWSDefaultServiceQuotas) gets the answer
+  given, in the API's own shape (``tests/aws/recorded.py``);
+- an InvokeEndpoint: kept as sent (path, headers, the exact body bytes) in ``invocations``; a
+  body that is not UTF-8 (any real image) reaches the emulator base64-encoded, since moto 5.2.5
+  decodes every request body as UTF-8 and answers 500 otherwise (it answers queued results
+  whatever the body).
 
 Every request is logged (operation, JSON body) for the test to read. The client under test
 is real (botocore, the SDK, the pipeline process), and so is the emulator behind the proxy.
@@ -22,6 +29,7 @@ is real (botocore, the SDK, the pipeline process), and so is the emulator behind
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -41,6 +49,7 @@ KINDS = {
     "endpoint": ("Endpoint", "Endpoints"),
 }
 _EMULATOR_HAS = {"StopProcessingJob"}
+_INVOKE = re.compile(r"^/endpoints/[^/]+/invocations$")
 _HOP_HEADERS = {"transfer-encoding", "connection", "content-length", "keep-alive"}
 
 
@@ -68,6 +77,8 @@ class Gate:
     holds: list[Hold] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # X-Amz-Target -> a recorded answer
+    invocations: list[dict[str, Any]] = field(default_factory=list)  # InvokeEndpoint requests as sent
     stopped: set[str] = field(default_factory=set)
     _released: dict[str, int] = field(default_factory=dict)  # endpoint -> describes left before InService
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -77,6 +88,10 @@ class Gate:
 
     def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str) -> None:
         self.refusals.append(Refusal(operation, when, code, message))
+
+    def answer(self, target: str, body: dict[str, Any]) -> None:
+        """Requests with this ``X-Amz-Target`` get ``body`` (a call the emulator lacks)."""
+        self.answers[target] = body
 
     def calls(self, operation: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -204,6 +219,21 @@ def _handler(gate: Gate, upstream: Any) -> type[BaseHTTPRequestHandler]:
         def _any(self) -> None:
             body = _read_body(self)
             target = self.headers.get("X-Amz-Target", "")
+            if _INVOKE.match(urlparse(self.path).path):
+                with gate._lock:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    gate.invocations.append({"path": self.path, "headers": headers, "body": body})
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    body = base64.b64encode(body)
+                self._reply(*self._forward(body))
+                return
+            if target in gate.answers:
+                with gate._lock:
+                    gate.log.append((target.split(".", 1)[1], json.loads(body or b"{}")))
+                self._reply(200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(gate.answers[target]).encode())
+                return
             if not target.startswith("SageMaker."):
                 self._reply(*self._forward(body))
                 return

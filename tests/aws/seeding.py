@@ -48,7 +48,7 @@ def training_job(name: str, hyperparameters: dict[str, str], output: str) -> Non
 def tuning_results(tuning_job: str, static: dict[str, str], model_dir: Path) -> tuple[str, dict[str, str]]:
     """Three trials named as SageMaker names them, and the best job with the real model."""
     sm = boto3.client("sagemaker", region_name=REGION)
-    hyperparameters = {**static, **TUNED, "_tuning_objective_metric": "valid_acc"}
+    hyperparameters = {**static, **TUNED, "_tuning_objective_metric": "best_valid_acc"}
     for i, lr in enumerate(TRIAL_LRS, 1):
         training_job(f"{tuning_job}-{i:03d}-0a1b2c3d", {**hyperparameters, "lr": lr}, f"s3://{BUCKET}/seed")
     best = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)["BestTrainingJob"]["TrainingJobName"]

@@ -23,7 +23,16 @@ CONFIGS = {
     "hyperband_vpc_backbones": {"strategy": "Hyperband", **VPC, "search": {"models": ["resnet18", "resnet50"]}},
     "kms_gpu_training": {"kms_key_id": "alias/team-key", "volume_kms_key_id": KEY_ARN, "train_instance_type": "ml.g5.2xlarge"},
     "gpu_endpoint": {"endpoint_instance_type": "ml.g5.xlarge", "kms_key_id": KEY_ARN},
+    # an image built with CUDA_COMPAT_IMAGE: GPU batch transform, and an endpoint on a driver-535 host image
+    "gpu_compat_transform": {
+        "endpoint_instance_type": "ml.g6.xlarge",
+        "inference_ami_version": "al2-ami-sagemaker-inference-gpu-2-1",
+        "transform_instance_type": "ml.g4dn.xlarge",
+        "image_cuda_compat": True,
+    },
 }
+GPU_ENDPOINT = ("gpu_endpoint", "gpu_compat_transform")  # Clarify's shadow endpoint takes no host image: no clarify step
+DIGEST = "@sha256:" + "0" * 64  # a dry run's placeholder for the pushed image's digest
 
 
 def _dry_run(tmp_path, steps, data=None, **overrides):
@@ -33,9 +42,9 @@ def _dry_run(tmp_path, steps, data=None, **overrides):
     return ctx.aws.dry_run.calls
 
 
-def _checked(calls):
+def _checked(calls, cuda_compat=False):
     """Every request valid; the requests by operation (a list each)."""
-    rules, by_operation = RequestRules(), {}
+    rules, by_operation = RequestRules(cuda_compat=cuda_compat), {}
     for call in calls:
         problems = [str(v) for v in service_model.violations((call["service"], call["operation"]), call["request"])]
         problems += rules.refusals(call["service"], call["operation"], call["request"])
@@ -50,6 +59,7 @@ def recorded(request, tmp_path_factory, emulator):
     """emulator: only so that nothing could reach AWS; the dry run sends nothing anywhere."""
     name = request.param
     steps = EVERY_STEP if name == "default" else [s for s in EVERY_STEP if s != "data"]  # data needs --data
+    steps = [s for s in steps if s != "clarify" or name not in GPU_ENDPOINT]
     overrides = dict(CONFIGS[name])
     if name == "default":  # the data step's real pre-flight on real images, nothing uploaded
         overrides["data"] = str(request.getfixturevalue("digits_data"))
@@ -58,7 +68,7 @@ def recorded(request, tmp_path_factory, emulator):
         for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}.items():
             patch.setenv(key, value)
         calls = _dry_run(tmp_path_factory.mktemp(name), steps, **overrides)
-    return name, _checked(calls)
+    return name, _checked(calls, cuda_compat=overrides.get("image_cuda_compat", False))
 
 
 def test_every_request_passes_the_service_model_and_the_rules(recorded):
@@ -70,9 +80,13 @@ def test_every_request_passes_the_service_model_and_the_rules(recorded):
         "CreateEndpointConfig",
         "CreateEndpoint",
         "CreateTransformJob",
-        "CreateProcessingJob",
+        *(() if name in GPU_ENDPOINT else ("CreateProcessingJob",)),
     }
     assert expected <= set(by_operation), name
+    images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateHyperParameterTuningJob"]]
+    images += [r["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateTrainingJob"]]
+    images += [r["PrimaryContainer"]["Image"] for r in by_operation["CreateModel"] if "PrimaryContainer" in r]
+    assert len(set(images)) == 1 and images[0].endswith("/image-classifier" + DIGEST), images  # never a tag
     names = [r["EndpointName"] for r in by_operation["CreateEndpoint"]]
     assert len(names) == len(set(names)) == 2  # the real-time and the multi-model endpoint
 
@@ -81,7 +95,7 @@ def test_what_each_configuration_changes_in_the_requests(recorded):
     name, by = recorded
     tuning = by["CreateHyperParameterTuningJob"][0]["HyperParameterTuningJobConfig"]
     training = by["CreateTrainingJob"][0]
-    processing = by["CreateProcessingJob"][0]
+    processing = by.get("CreateProcessingJob", [{"NetworkConfig": {}}])[0]
     configs = {c["EndpointConfigName"]: c for c in by["CreateEndpointConfig"]}
     realtime = next(c for n, c in configs.items() if n.startswith("ic-endpoint-"))
     multi_model = next(c for n, c in configs.items() if n.startswith("ic-mme-"))
@@ -102,9 +116,23 @@ def test_what_each_configuration_changes_in_the_requests(recorded):
         assert processing["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KEY_ARN
         assert processing["ProcessingOutputConfig"]["KmsKeyId"] == "alias/team-key"
         assert realtime["KmsKeyId"] == "alias/team-key"
+    variant = realtime["ProductionVariants"][0]
+    transform = by["CreateTransformJob"][0]
+    if name not in GPU_ENDPOINT:  # CPU hosts: no host image asked for
+        assert "InferenceAmiVersion" not in variant and "TransformAmiVersion" not in transform["TransformResources"]
     if name == "gpu_endpoint":
-        assert realtime["ProductionVariants"][0]["InstanceType"] == "ml.g5.xlarge" and "KmsKeyId" not in realtime
+        assert variant["InstanceType"] == "ml.g5.xlarge" and "KmsKeyId" not in realtime
+        assert variant["InferenceAmiVersion"] == "al2023-ami-sagemaker-inference-gpu-4-1"  # driver 580: the CUDA 13 build runs natively
+        assert "InferenceAmiVersion" not in multi_model["ProductionVariants"][0]  # multi-model: CPU only
         assert multi_model["KmsKeyId"] == KEY_ARN
+    if name == "gpu_compat_transform":
+        assert variant["InstanceType"] == "ml.g6.xlarge" and variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-2-1"
+        assert transform["TransformResources"] == {
+            "InstanceType": "ml.g4dn.xlarge",
+            "InstanceCount": 1,
+            "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535",
+        }
+        assert transform["Environment"] == {"SAGEMAKER_CUDA_COMPAT_DISABLED": "true"}
 
 
 def test_grid_search_sends_categorical_ranges_and_no_job_limit(aws, tmp_path):

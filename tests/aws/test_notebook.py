@@ -73,6 +73,7 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
 
     top = json.loads(answer)["predictions"][0]["top_k"]
     assert "run_id=" in outputs["setup"]
+    assert "check=role status=ok" in outputs["check"] and "event=check_done problems=0" in outputs["check"], outputs["check"]
     assert "'train':" in outputs["data"] and "'pretrained':" in outputs["data"]
     for lr in seeding.TRIAL_LRS:
         assert f" {lr} " in outputs["best"], outputs["best"]

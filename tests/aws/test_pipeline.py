@@ -20,7 +20,7 @@ from deploy import pipeline
 from deploy.config import load_config
 from image_classifier.metrics import OBJECTIVE_METRIC, metric_definitions
 from tests.aws import seeding
-from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.aws.conftest import BUCKET, REGION, ROLE, pinned_image
 from tests.aws.seeding import TUNED, Answers
 
 
@@ -100,7 +100,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert categorical == {"batch_size": ["32", "64", "128"], "freeze": ["head", "last:2", "none"], "model": ["resnet18", "resnet34"]}
     definition = tuning["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
-    assert definition["AlgorithmSpecification"]["TrainingImage"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/image-classifier:latest"
+    assert definition["AlgorithmSpecification"]["TrainingImage"] == pinned_image()  # the newest push, by digest
     # the backbone is searched, so it is a tuned hyperparameter, not a static one
     assert definition["StaticHyperParameters"] == {"image_size": "32", "augment": "light", "epochs": "8"}
     assert definition["EnableManagedSpotTraining"] is True
@@ -220,6 +220,12 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert analysis["predictor"]["custom_attributes"] == "probabilities=true"
     assert analysis["methods"]["shap"]["image_config"]["model_type"] == "IMAGE_CLASSIFICATION"
 
+    # every job and model of the run runs the one image it was given, by digest (a tag may move)
+    images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in aws.sent("CreateHyperParameterTuningJob")]
+    images += [r["AlgorithmSpecification"]["TrainingImage"] for r in aws.sent("CreateTrainingJob") if r["TrainingJobName"] == final]
+    images += [r["PrimaryContainer"]["Image"] for r in aws.sent("CreateModel") if r["ModelName"].startswith("ic-")]
+    assert len(images) >= 4 and set(images) == {pinned_image()} == {ctx.state.image_uri}
+
     # 8. cleanup: ours gone, a stranger's endpoint untouched
     _stranger(sm)
     pipeline.run(["cleanup"], ctx)
@@ -250,7 +256,12 @@ def test_metric_regexes_read_a_real_training_log(aws, cfg, trained, tmp_path):
     metrics = json.loads((trained["output_dir"] / "metrics.json").read_text())
     epochs = metrics["history"]
     assert len(epochs) == 3
-    assert found[OBJECTIVE_METRIC] == pytest.approx([e["valid_acc"] for e in epochs], abs=1e-5)
+    assert found["valid_acc"] == pytest.approx([e["valid_acc"] for e in epochs], abs=1e-5)  # never read inside best_valid_acc
+    # the objective: the best epoch so far on every epoch line, then the final line; its last value is the kept model's
+    running = [max(e["valid_acc"] for e in epochs[: i + 1]) for i in range(len(epochs))]
+    assert sent["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == OBJECTIVE_METRIC == "best_valid_acc"
+    assert found[OBJECTIVE_METRIC] == pytest.approx([*running, metrics["final"]["best_valid_acc"]], abs=1e-5)
+    assert found[OBJECTIVE_METRIC][-1] == pytest.approx(max(e["valid_acc"] for e in epochs), abs=1e-5)
     assert found["train_loss"][-1] == pytest.approx(epochs[-1]["train_loss"], rel=1e-4)
     assert found["test_acc"] == pytest.approx([metrics["final"]["test_acc"]], abs=1e-5)
     assert all(found[name] for name in ("train_acc", "valid_loss", "lr", "images_per_sec", "test_top5_acc")), {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import time
@@ -75,11 +76,22 @@ def _script(engine, *args: str, env_extra: dict[str, str]) -> subprocess.Complet
     )
 
 
+def _manifest_digest(registry: str, tag: str) -> str:
+    request = urllib.request.Request(
+        f"http://{registry}/v2/image-classifier/manifests/{tag}", headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers["Docker-Content-Digest"]
+
+
 def test_push_creates_repository_logs_in_and_pushes(aws, engine, registry, small_image, tmp_path):
+    boto3.client("ecr", region_name=REGION).delete_repository(repositoryName="image-classifier", force=True)  # a first push
     config = {"IC_REGION": REGION, "IC_ROLE_ARN": ROLE, "IC_BUCKET": BUCKET, "IC_REGISTRY": registry, "IC_RUNS_DIR": str(tmp_path)}
     result = _script(engine, "--skip-build", "--local-image", small_image, "--push-only", "--image-tag", "t1", env_extra=config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"pushing {registry}/image-classifier:t1" in result.stderr
+    # what the pipeline is given: the digest the registry holds for the push, never the tag
+    assert f"pushed {registry}/image-classifier@{_manifest_digest(registry, 't1')}" in result.stderr
 
     with urllib.request.urlopen(f"http://{registry}/v2/image-classifier/tags/list", timeout=10) as response:
         assert json.loads(response.read())["tags"] == ["t1"]
@@ -96,11 +108,26 @@ def test_push_creates_repository_logs_in_and_pushes(aws, engine, registry, small
     engine.docker("rm", content)
     assert "a small stand-in" in copied
 
-    # a second push reuses the repository (describe, no second create)
+    # a second push reuses the repository (describe, no second create), under a tag of its own by default
     aws.post("/moto-api/recorder/reset-recording")
-    again = _script(engine, "--skip-build", "--local-image", small_image, "--push-only", "--image-tag", "t1", env_extra=config)
+    again = _script(engine, "--skip-build", "--local-image", small_image, "--push-only", env_extra=config)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "CreateRepository" not in [r["operation"] for r in aws.requests()]
+    with urllib.request.urlopen(f"http://{registry}/v2/image-classifier/tags/list", timeout=10) as response:
+        tags = json.loads(response.read())["tags"]
+    (build,) = set(tags) - {"t1"}
+    assert re.match(r"^\d{8}-\d{6}-[0-9a-f]{7,}$", build), build  # UTC time and git revision
+    repository = boto3.client("ecr", region_name=REGION).describe_repositories(repositoryNames=["image-classifier"])["repositories"][0]
+    assert repository["imageTagMutability"] == "IMMUTABLE"
+
+
+def test_the_pre_flight_reads_the_engines_platform(engine, monkeypatch):
+    from deploy import preflight
+
+    for key, value in engine.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DOCKER", raising=False)
+    assert preflight.docker().line() == "check=docker status=ok detail='platform=linux/amd64'"
 
 
 def test_bad_configuration_stops_before_docker_or_aws(aws, engine, tmp_path):

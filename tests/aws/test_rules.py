@@ -48,6 +48,33 @@ def _load(**overrides):
         ({"subnets": ["subnet-0123456789abcdef0"]}, "subnets: subnets and security_group_ids go together"),
         ({"search": {"batch_size": list(range(1, 32))}}, "search.batch_size: 31 values; SageMaker takes at most 30"),
         ({"debugger": "sometimes"}, "debugger: Input should be 'auto', 'on' or 'off'"),
+        # GPU hosts (docs/image.md, "GPU drivers"): the image's CUDA 13 build needs driver 580 and sm_75+
+        (
+            {"train_instance_type": "ml.p3.2xlarge"},
+            "train_instance_type: ml.p3.2xlarge is a V100 (sm_70): the image's CUDA 13 build has no kernels for it",
+        ),
+        ({"endpoint_instance_type": "ml.p2.xlarge"}, "endpoint_instance_type: ml.p2.xlarge is a K80 (sm_37)"),
+        ({"train_instance_type": "ml.p6e-gb200.36xlarge"}, "is an Arm (Grace) host: the image is built for linux/amd64"),
+        (
+            {"transform_instance_type": "ml.g4dn.xlarge"},
+            "transform_instance_type: ml.g4dn.xlarge is a GPU; SageMaker's batch transform hosts run driver 470 or 535 (no 580 AMI)",
+        ),
+        ({"transform_instance_type": "ml.g4dn.xlarge"}, "--build-arg CUDA_COMPAT_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04"),
+        ({"transform_instance_type": "ml.p3.2xlarge", "image_cuda_compat": True}, "transform_instance_type: ml.p3.2xlarge is a V100"),
+        (
+            {"inference_ami_version": "al2-ami-sagemaker-inference-gpu-3-1"},
+            "inference_ami_version: al2-ami-sagemaker-inference-gpu-3-1 has driver 550, not a forward-compatibility target of CUDA 13",
+        ),
+        (
+            {"inference_ami_version": "al2-ami-sagemaker-inference-gpu-2"},
+            "inference_ami_version: al2-ami-sagemaker-inference-gpu-2 has driver 535: the CUDA 13 build runs there only with",
+        ),
+        ({"inference_ami_version": "al2-ami-sagemaker-inference-neuron-2"}, "is not a GPU host image"),
+        (
+            {"inference_ami_version": "gpu-9"},
+            "inference_ami_version: 'gpu-9' is not one of the service model's ProductionVariantInferenceAmiVersion",
+        ),
+        ({"image_tag": "v1:latest"}, "image_tag: 'v1:latest' is not an image tag"),
     ],
 )
 def test_each_rule_names_the_field_and_the_fix(overrides, expected):
@@ -165,3 +192,95 @@ def test_the_example_configuration_loads_as_is_and_with_every_commented_field(tm
     (tmp_path / "config.toml").write_text(uncommented)
     cfg = load_config(tmp_path / "config.toml", environ={})
     assert cfg.volume_kms_key_id and cfg.subnets and cfg.search.lr_values  # each from a commented line
+
+
+def test_gpu_hosts_the_image_can_run_on_load():
+    compat = _load(
+        transform_instance_type="ml.g5.xlarge", image_cuda_compat=True, inference_ami_version="al2-ami-sagemaker-inference-gpu-2-1"
+    )
+    assert compat.transform_instance_type == "ml.g5.xlarge"
+    native = _load(train_instance_type="ml.p5.48xlarge", endpoint_instance_type="ml.g4dn.xlarge")
+    assert native.inference_ami_version is None  # deploy/ sends al2023-ami-sagemaker-inference-gpu-4-1 for GPU variants
+
+
+def test_clarify_refuses_a_gpu_shadow_endpoint_before_anything_is_sent(aws, tmp_path, capsys):
+    from deploy import pipeline
+
+    args = ["--region", REGION, "--role-arn", ROLE, "--bucket", BUCKET, "--runs-dir", str(tmp_path), "--yes"]
+    assert pipeline.main(["clarify", *args, "--endpoint-instance-type", "ml.g5.xlarge"]) == 2
+    err = capsys.readouterr().err
+    assert "endpoint_instance_type: 'ml.g5.xlarge' is a GPU: Clarify's shadow endpoint takes no InferenceAmiVersion" in err
+    assert "(--endpoint-instance-type ml.m5.xlarge)" in err
+    assert pipeline.main(["deploy", *args, "--endpoint-instance-type", "ml.g5.xlarge", "--validate-only"]) == 0  # without clarify: fine
+    assert aws.requests() == []
+
+
+def _variant(instance_type, ami=None):
+    return {"VariantName": "v", "ModelName": "m", "InstanceType": instance_type, **({"InferenceAmiVersion": ami} if ami else {})}
+
+
+@pytest.mark.parametrize(
+    ("operation", "request_", "compat", "expected"),
+    [
+        (
+            "CreateEndpointConfig",
+            {"ProductionVariants": [_variant("ml.g5.xlarge")]},
+            False,
+            "default GPU host image has driver 470, 535 or 550",
+        ),
+        (
+            "CreateEndpointConfig",  # an async endpoint: the same variants
+            {"ProductionVariants": [_variant("ml.g6.xlarge")], "AsyncInferenceConfig": {"OutputConfig": {"S3OutputPath": "s3://b/o"}}},
+            False,
+            "set InferenceAmiVersion al2023-ami-sagemaker-inference-gpu-4-1",
+        ),
+        (
+            "CreateEndpointConfig",
+            {"ProductionVariants": [_variant("ml.g5.xlarge", "al2-ami-sagemaker-inference-gpu-2-1")]},
+            False,
+            "driver 535",
+        ),
+        (
+            "CreateEndpointConfig",
+            {"ShadowProductionVariants": [_variant("ml.p3.2xlarge", "al2023-ami-sagemaker-inference-gpu-4-1")]},
+            True,
+            "V100",
+        ),
+        ("CreateTransformJob", {"TransformResources": {"InstanceType": "ml.g5.xlarge"}}, False, "forward-compatibility libraries"),
+        (
+            "CreateTransformJob",
+            {"TransformResources": {"InstanceType": "ml.g5.xlarge"}},
+            True,
+            "GPU transform needs al2-ami-sagemaker-batch-gpu-535",
+        ),
+        (
+            "CreateTransformJob",
+            {"TransformResources": {"InstanceType": "ml.g5.xlarge", "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"}},
+            True,
+            "Environment.SAGEMAKER_CUDA_COMPAT_DISABLED: must be 'true'",
+        ),
+        (
+            "CreateTrainingJob",
+            {"ResourceConfig": {"InstanceType": "ml.p3.8xlarge"}},
+            True,
+            "ResourceConfig.InstanceType: ml.p3.8xlarge is a V100",
+        ),
+        ("CreateHyperParameterTuningJob", {"TrainingJobDefinition": {"ResourceConfig": {"InstanceType": "ml.p2.xlarge"}}}, True, "K80"),
+    ],
+)
+def test_gpu_requests_without_a_host_that_can_run_the_image_are_refused(operation, request_, compat, expected):
+    problems = RequestRules(cuda_compat=compat).refusals("sagemaker", operation, request_)
+    assert any(expected in p for p in problems), problems
+
+
+def test_gpu_requests_on_hosts_that_run_the_image_pass():
+    native = {"ProductionVariants": [_variant("ml.g4dn.xlarge", "al2023-ami-sagemaker-inference-gpu-4-1"), _variant("ml.m5.xlarge")]}
+    assert RequestRules().refusals("sagemaker", "CreateEndpointConfig", native) == []
+    on_535 = {"ProductionVariants": [_variant("ml.g5.xlarge", "al2-ami-sagemaker-inference-gpu-2-1")]}
+    assert RequestRules(cuda_compat=True).refusals("sagemaker", "CreateEndpointConfig", on_535) == []
+    transform = {
+        "TransformResources": {"InstanceType": "ml.g6.xlarge", "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535"},
+        "Environment": {"SAGEMAKER_CUDA_COMPAT_DISABLED": "true"},
+    }
+    assert RequestRules(cuda_compat=True).refusals("sagemaker", "CreateTransformJob", transform) == []
+    assert RequestRules().refusals("sagemaker", "CreateTrainingJob", {"ResourceConfig": {"InstanceType": "ml.g4dn.xlarge"}}) == []

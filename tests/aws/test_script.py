@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import urllib.parse
 
 import boto3
 import pytest
@@ -17,6 +19,7 @@ from tests.aws.conftest import BUCKET, REGION, ROLE
 from tests.helpers import REPO_ROOT, VENV_BIN
 
 EQUALS_FORM = [f"--region={REGION}", f"--role-arn={ROLE}", f"--bucket={BUCKET}"]
+PRE_FLIGHT_READS = {"GetCallerIdentity", "GetBucketLocation", "GetRole", "ListServiceQuotas"}
 
 
 def _script(*args: str, tmp_path, **env_extra: str) -> subprocess.CompletedProcess:
@@ -73,7 +76,7 @@ def test_the_image_goes_to_the_region_the_jobs_run_in(aws, tmp_path):
         [str(VENV_BIN / "python"), "-m", "deploy.ecr", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert ".dkr.ecr.eu-west-1.amazonaws.com/image-classifier:latest" in result.stdout
+    assert re.match(r"^123456789012\.dkr\.ecr\.eu-west-1\.amazonaws\.com/image-classifier:\d{8}-\d{6}-[0-9a-f]+$", result.stdout.strip())
     boto3.client("ecr", region_name="eu-west-1").describe_repositories(repositoryNames=["image-classifier"])
 
 
@@ -90,4 +93,14 @@ def test_the_build_asks_docker_for_the_platform(aws, tmp_path):
     for result in (default, asked):
         assert result.returncode != 0 and "Cannot connect to the Docker daemon" in result.stderr, result.stderr[-2000:]
         assert "unknown flag" not in result.stderr
-    assert aws.requests() == []
+    # before building, only the pre-flight's reads reached AWS (a dry run sends nothing at all)
+    assert "check=docker status=warning detail='the Docker daemon does not answer" in default.stderr + default.stdout
+    assert {_operation(r) for r in aws.requests()} == PRE_FLIGHT_READS
+
+
+def _operation(request: dict) -> str:
+    if request["operation"]:  # JSON APIs name it in a header
+        return request["operation"]
+    if request["path"].endswith("?location"):
+        return "GetBucketLocation"
+    return dict(urllib.parse.parse_qsl(request["body"])).get("Action", f"{request['method']} {request['path']}")

@@ -4,11 +4,17 @@ The same job is then killed with SIGKILL mid-epoch (no chance to write anything:
 OOM killer, a lost host) and restarted once more: it resumes from the last epoch checkpoint.
 Augmentation is seeded per (seed, epoch, sample), so the twice-interrupted job must end within
 one accuracy point of the uninterrupted reference run.
+
+It runs as a tuning trial does on SageMaker: a named job (``TRAINING_JOB_NAME``) whose
+``/opt/ml/checkpoints`` also holds another trial's folder, with a newer checkpoint of the same
+hyperparameters (downloaded from the prefix the trials share). The trial resumes its own, never
+the other's, and empties its own folder once it has succeeded.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -32,8 +38,12 @@ def _wait_for(process, pattern, timeout=300):
     raise AssertionError(f"never saw {pattern!r}:\n{''.join(lines[-30:])}")
 
 
+TRIAL = {"TRAINING_JOB_NAME": "ic-tune-resume-1-002-1b2c3d4e"}
+OTHER_TRIAL = "ic-tune-resume-1-001-0a1b2c3d"
+
+
 def _start(base):
-    return subprocess.Popen(["train"], env=train_env(base), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(["train"], env=train_env(base, TRIAL), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
@@ -42,13 +52,18 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path, digits_data, digit
     chosen = re.search(r"event=amp_decision .* chosen=(\w+)", digits_job[1].stdout)
     hps = {**DIGITS_HPS, "log_interval": "1", "amp": "bf16" if chosen and chosen.group(1) == "bf16" else "off"}
     write_job(tmp_path, digits_data, hps)
+    own, other = tmp_path / "checkpoints" / TRIAL["TRAINING_JOB_NAME"], tmp_path / "checkpoints" / OTHER_TRIAL
+    other.mkdir(parents=True)
+    for name in ("checkpoint-0003-000000.pt", "best-model.safetensors"):  # a finished epoch 3 of the same hyperparameters
+        shutil.copy(digits_job[0] / "checkpoints" / name, other / name)
     process = _start(tmp_path)
-    _wait_for(process, r"event=step epoch=2 step=3\b")
+    started = "".join(_wait_for(process, r"event=step epoch=2 step=3\b"))
+    assert "event=resumed" not in started  # a fresh start: the other trial's newer checkpoint is not this job's
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=120)
     assert process.returncode == 143, rest[-2000:]
     assert "event=interrupted signal=SIGTERM" in rest
-    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*.pt"))
+    saved = sorted(p.name for p in own.glob("checkpoint-*.pt"))
     assert saved[-1].startswith("checkpoint-0001-") and not saved[-1].endswith("-000000.pt"), saved
     assert not (tmp_path / "output" / "failure").exists()
     assert not (tmp_path / "model" / "model.safetensors").exists()
@@ -62,13 +77,19 @@ def test_sigterm_then_sigkill_mid_epoch_then_resume(tmp_path, digits_data, digit
     assert process.returncode == -signal.SIGKILL
     assert f"event=resumed checkpoint={saved[-1]} epoch=1 step={step}" in before_kill
     assert "event=epoch epoch=1 " not in before_kill  # epoch 1 is not trained again
-    newest = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*.pt"))[-1]
+    newest = sorted(p.name for p in own.glob("checkpoint-*.pt"))[-1]
     assert newest == "checkpoint-0002-000000.pt", newest  # SIGKILL wrote nothing
-    assert not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    assert not list(own.glob(".*.tmp"))
 
-    third = subprocess.run(["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    third = subprocess.run(
+        ["train"], env=train_env(tmp_path, TRIAL), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
     assert third.returncode == 0, third.stdout[-3000:]
     assert "event=resumed checkpoint=checkpoint-0002-000000.pt epoch=2 step=0" in third.stdout
+    # succeeded: its own folder emptied (S3 follows); the other trial's never looked at
+    assert f"event=checkpoints_removed folder={TRIAL['TRAINING_JOB_NAME']} files=" in third.stdout and not own.exists()
+    assert sorted(p.name for p in other.iterdir()) == ["best-model.safetensors", "checkpoint-0003-000000.pt"]
+    assert "checkpoint_ignored" not in before_kill + third.stdout
     metrics = read_json(tmp_path / "output" / "data" / "metrics.json")
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
     reference = read_json(digits_job[0] / "output" / "data" / "metrics.json")

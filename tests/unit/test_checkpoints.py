@@ -87,3 +87,20 @@ def test_only_the_main_process_moves_foreign_checkpoints(tmp_path):
     save_checkpoint(state_of(1, lr=0.5), tmp_path, 1, 0)
     assert load_latest(tmp_path, lambda s: foreign_reason(s, CLASSES, Hyperparameters().model_dump()), set_aside=False) is None
     assert (tmp_path / "checkpoint-0001-000000.pt").exists() and not (tmp_path / "foreign").exists()
+
+
+def test_a_named_job_empties_its_own_folder_once_it_succeeded(tmp_path):
+    from image_classifier.training.background_writes import BackgroundWriter
+    from image_classifier.training.checkpoints import RunCheckpoints
+
+    own, other = tmp_path / "ic-tune-1-001-a", tmp_path / "ic-tune-1-002-b"
+    for folder in (own, other):
+        folder.mkdir()
+        save_checkpoint({"epoch": 1}, folder, 1, 0)
+    with BackgroundWriter() as writer:
+        RunCheckpoints(own, CLASSES, {}, writer, is_main=True).finish()  # an unnamed (local) job keeps its files
+        assert list_checkpoints(own)
+        RunCheckpoints(own, CLASSES, {}, writer, is_main=False, remove_when_done=True).finish()  # only the main process
+        assert list_checkpoints(own)
+        RunCheckpoints(own, CLASSES, {}, writer, is_main=True, remove_when_done=True).finish()
+    assert not own.exists() and list_checkpoints(other)  # another trial's folder is never touched

@@ -98,3 +98,15 @@ def test_nccl_and_gloo_use_the_interface_sagemaker_names_between_hosts(tmp_path)
     single.mkdir()
     _layout(single, resource={"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "ethwe"})
     assert socket_interface_variables(TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(single)}), {}) == {}
+
+
+def test_a_named_job_checkpoints_in_a_folder_of_its_own(tmp_path):
+    """Tuning trials share one checkpoint S3 prefix: each keeps to the folder named after its job."""
+    _layout(tmp_path)
+    env = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path), "TRAINING_JOB_NAME": "ic-tune-20261201-1-003-0a1b2c3d"})
+    assert env.job_named and env.job_name == "ic-tune-20261201-1-003-0a1b2c3d"
+    assert env.checkpoint_dir == tmp_path / "checkpoints" / "ic-tune-20261201-1-003-0a1b2c3d"
+    odd = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path), "TRAINING_JOB_NAME": "../x y"})
+    assert odd.checkpoint_dir == tmp_path / "checkpoints" / "x-y"
+    unnamed = TrainingEnvironment.from_env({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert not unnamed.job_named and unnamed.job_name == "local" and unnamed.checkpoint_dir == tmp_path / "checkpoints"

@@ -32,3 +32,10 @@ def test_regexes_use_no_lookbehind():
     for definition in metric_definitions():
         assert "(?<" not in definition["Regex"]
         re.compile(definition["Regex"])
+
+
+def test_the_objective_is_the_best_epoch_so_far_and_valid_acc_stays_the_epochs_own():
+    """SageMaker ranks a trial by the objective's last value: the best epoch's, the one the job keeps."""
+    assert OBJECTIVE_METRIC == "best_valid_acc"
+    parsed = parse_line(format_line("epoch", epoch=4, valid_acc=0.81, best_valid_acc=0.86, lr=1e-3))
+    assert parsed["valid_acc"] == 0.81 and parsed[OBJECTIVE_METRIC] == 0.86

@@ -11,6 +11,7 @@ RUN_BY = {
     "compose": "tests/container/test_image.py",
     "local-mode": "tests/container/test_local_mode.py",
     "call-aws": "tests/aws/test_readme.py",
+    "call-aws-python": "tests/aws/test_readme.py",
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class TrainingEnvironment:
     network_interface_name: str | None = None  # resourceconfig.json: the interface between hosts
     instance_type: str | None = None  # resourceconfig.json's current_instance_type (absent in local runs)
     input_data_config: Mapping[str, Any] = field(default_factory=dict)
+    job_named: bool = False  # TRAINING_JOB_NAME was set (SageMaker, local mode): the job checkpoints in a folder of its own
 
     @property
     def tensorboard_dir(self) -> Path:
@@ -68,7 +70,14 @@ class TrainingEnvironment:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.base_dir / params.CHECKPOINT_DIR
+        """``checkpoints/<job name>/`` in a named job, else ``checkpoints/``.
+
+        SageMaker gives every trial of a tuning job the same checkpoint S3 prefix and downloads all
+        of it into ``/opt/ml/checkpoints`` at start: a folder per job keeps the trials' files apart,
+        so a Spot restart (same job name) finds its own checkpoints and nobody else's.
+        """
+        root = self.base_dir / params.CHECKPOINT_DIR
+        return root / (re.sub(r"[^A-Za-z0-9-]+", "-", self.job_name).strip("-") or "job") if self.job_named else root
 
     @property
     def host_rank(self) -> int:
@@ -123,7 +132,8 @@ class TrainingEnvironment:
             current_host=current,
             num_gpus=num_gpus,
             num_cpus=num_cpus,
-            job_name=env.get(params.TRAINING_JOB_NAME_ENV, "local"),
+            job_name=env.get(params.TRAINING_JOB_NAME_ENV) or "local",
+            job_named=bool(env.get(params.TRAINING_JOB_NAME_ENV)),
             debug_hook_config=hook if hook.exists() else None,
             model_dir=Path(env.get(params.SM_MODEL_DIR_ENV) or base / params.MODEL_DIR),
             output_data_dir=Path(env.get(params.SM_OUTPUT_DATA_DIR_ENV) or base / params.OUTPUT_DATA_DIR),

@@ -3,6 +3,10 @@
 SageMaker hyperparameter tuning and the training-job console extract metrics with these
 regexes (``metric_definitions``). They live next to the code that prints the lines and are
 tested against a real training log, so they can never silently stop matching.
+
+The tuning objective is ``best_valid_acc``, the best validation accuracy so far, printed on every
+epoch line and again on the final one: SageMaker ranks a trial by the last value it read, and the
+job keeps its best epoch, not its last, so the objective is the accuracy of the model kept.
 """
 
 from __future__ import annotations
@@ -17,18 +21,18 @@ EPOCH_METRICS = {
     "train_loss": "mean training loss over the epoch",
     "train_acc": "training top-1 accuracy over the epoch (augmented inputs)",
     "valid_loss": "validation loss",
-    "valid_acc": "validation top-1 accuracy (the tuning objective)",
+    "valid_acc": "validation top-1 accuracy of this epoch",
+    "best_valid_acc": "best validation accuracy so far: the epoch kept (the tuning objective)",
     "lr": "learning rate of the head at the end of the epoch",
     "images_per_sec": "training throughput over the epoch, all ranks",
 }
 FINAL_METRICS = {
-    "best_valid_acc": "best validation accuracy over all epochs (the model kept)",
     "test_loss": "test loss of the model kept",
     "test_acc": "test top-1 accuracy of the model kept",
     "test_top5_acc": "test top-5 accuracy of the model kept",
     "bad_images": "unreadable images skipped",
 }
-OBJECTIVE_METRIC = "valid_acc"
+OBJECTIVE_METRIC = "best_valid_acc"
 
 
 def metric_regex(name: str) -> str:

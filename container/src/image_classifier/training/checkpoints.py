@@ -12,6 +12,11 @@ model and every hyperparameter that shapes the trajectory.
 
 A write that fails (disk full, read-only folder) does not stop training: ``write_or_warn`` logs
 ``event=checkpoint_failed`` and the job goes on; a restart resumes from the previous checkpoint.
+
+A named SageMaker job checkpoints in a folder of its own (``environment.checkpoint_dir``) and
+empties it when it succeeds (``RunCheckpoints.finish``): nothing resumes a finished job, and
+SageMaker mirrors a deletion in the container to the checkpoint S3 prefix, which every later job
+given that prefix (every later trial of a tuning job) downloads when it starts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -179,6 +185,7 @@ class RunCheckpoints:
     hyperparameters: dict[str, Any]  # hp.model_dump(), dumped once per job
     writer: BackgroundWriter
     is_main: bool
+    remove_when_done: bool = False  # a named job's own folder: emptied once the job has succeeded
 
     @property
     def run_id(self) -> str:
@@ -222,3 +229,12 @@ class RunCheckpoints:
         epoch, step = state["epoch"], state["step"]
         if saved := write_or_warn("checkpoint", save_checkpoint, state, self.directory, epoch, step):
             log.info(format_line("checkpoint", path=saved.name, reason=reason, epoch=epoch, step=step))
+
+    def finish(self) -> None:
+        """The job succeeded: a named job's folder goes (a finished job is never resumed, and S3 follows)."""
+        if not (self.is_main and self.remove_when_done and self.directory.is_dir()):
+            return
+        files = [p for p in self.directory.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        log.info(format_line("checkpoints_removed", folder=self.directory.name, files=len(files), bytes=size, reason="job_succeeded"))

@@ -75,7 +75,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
         stop.install()
         with BackgroundWriter() as writer:
             # 5. resume this run's newest checkpoint, if any
-            saved = RunCheckpoints(env.checkpoint_dir, data.classes, hp.model_dump(), writer, world.is_main)
+            saved = RunCheckpoints(env.checkpoint_dir, data.classes, hp.model_dump(), writer, world.is_main, env.job_named)
             progress = saved.resume(parts, bad_images=data.bad_images)
             if trainee.on_features:  # after resuming: the features of the backbone the checkpoint holds
                 loaders = inputs.feature_loaders(
@@ -135,6 +135,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
                 summary=summary,
                 tensorboard=tensorboard,
             )
+            saved.finish()
         barrier(world)
         return final.metrics
     finally:
@@ -231,7 +232,7 @@ def fit(
             }
             improved = progress.record(entry, trainee.model)
             if tensorboard is not None:
-                log_epoch(entry, tensorboard)
+                log_epoch(entry, progress.best_valid_acc, tensorboard)
             if checks is not None:
                 checks.on_epoch(epoch + 1, result.loss, result.accuracy, valid.loss, valid.accuracy)
             saved.save_epoch(progress, parts, improved)
@@ -247,9 +248,15 @@ def fit(
         return sampler.summary()
 
 
-def log_epoch(entry: dict[str, float], tensorboard) -> None:
-    """The ``epoch`` line the tuning regexes read, and the same numbers as TensorBoard scalars."""
-    log.info(format_line("epoch", **{k: v for k, v in entry.items() if k != "data_wait_fraction"}, data_wait=entry["data_wait_fraction"]))
+def log_epoch(entry: dict[str, float], best_valid_acc: float, tensorboard) -> None:
+    """The ``epoch`` line the tuning regexes read (with the best accuracy so far, the objective), and TensorBoard scalars."""
+    values: dict[str, float] = {}
+    for key, value in entry.items():
+        if key != "data_wait_fraction":
+            values[key] = value
+        if key == "valid_acc":
+            values["best_valid_acc"] = best_valid_acc
+    log.info(format_line("epoch", **values, data_wait=entry["data_wait_fraction"]))
     for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "images_per_sec"):
         tensorboard.add_scalar(key, entry[key], entry["epoch"])
     tensorboard.flush()
