@@ -52,7 +52,8 @@ def step_explain(ctx: Context) -> None:
     job = ctx.new_name("explain")
     output = f"{ctx.cfg.s3_root}/runs/{ctx.state.run_id}/explain/{job}/"
     transformer = sdk.transformer(ctx.cfg, ctx.sagemaker, model_name=model_name, output_path=output, run_id=ctx.state.run_id)
-    transformer.env = {EXPLAIN_ENV: ctx.cfg.explain_method}  # the job's Environment: the server explains every record
+    # the job's Environment: the server explains every record (beside the GPU host's settings, if any)
+    transformer.env = {**(transformer.env or {}), EXPLAIN_ENV: ctx.cfg.explain_method}
     ctx.record("transform-job", job)
     ctx.state.results["explain"] = {"job": job, "output": output, "method": ctx.cfg.explain_method}
     ctx.save()

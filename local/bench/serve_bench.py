@@ -30,6 +30,7 @@ weights. The baseline's code is ``naive_server.py`` and must not be tuned.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import io
 import json
@@ -326,7 +327,7 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
         server = Server(command, {**env, "PYTHONPATH": str(REPO_ROOT)}, port, work / f"naive-{next(count)}.log")
         return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image, "fp32")
 
-    def ours() -> dict[str, float]:
+    def ours(extra: dict[str, str] | None = None) -> dict[str, float]:
         rates = roofline()
         wait_for_machine(args.wait_seconds)
         port, mms_port = free_port(), free_port()
@@ -339,9 +340,11 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
             "IMAGE_CLASSIFIER_MMS_PORT": str(mms_port),
             "TMPDIR": str(work),
             **dict(item.split("=", 1) for item in args.serve_env),
+            **(extra or {}),
         }
         server = Server([str(VENV_BIN / "serve")], serve_env, port, work / f"serve-{next(count)}.log")
-        last_serve.update(server=server, threads=serve_env.get("IMAGE_CLASSIFIER_THREADS_PER_WORKER", ""))
+        if not extra:
+            last_serve.update(server=server, threads=serve_env.get("IMAGE_CLASSIFIER_THREADS_PER_WORKER", ""))
         return measure(server, images, args.requests_c1, args.requests_c16, rates, gflop_per_image, "auto")
 
     def model_only() -> dict[str, float]:
@@ -366,7 +369,8 @@ def variants(args, work: Path, images: list[bytes], gflop_per_image: float) -> d
         }
 
     last_serve: dict[str, Any] = {}
-    return {"naive": naive, "ours": ours, "model_only": model_only}
+    compared = {f"ours {item}": functools.partial(ours, dict([item.split("=", 1)])) for item in args.compare_env}
+    return {"naive": naive, "ours": ours, **compared, "model_only": model_only}
 
 
 def serve_facts(work: Path) -> dict[str, Any]:
@@ -393,8 +397,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for serve")
     parser.add_argument("--wait-seconds", type=float, default=900, help="how long to wait for another MMS to finish")
     parser.add_argument("--name", default=None, help="result name (default serving, or serving_gpu on CUDA)")
+    parser.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also measure serve with this setting (A/B in the same run)",
+    )
     parser.add_argument("--allow-busy", action="store_true", help="run on a busy machine; the result is marked not comparable")
     return parser
+
+
+def compared_ratios(settings: list[str]) -> dict[str, tuple[str, str, str]]:
+    """Each ``--compare-env`` variant against ``ours`` (the defaults), on both headline figures."""
+    out = {}
+    for item in settings:
+        out[f"throughput c16, ours {item} / ours"] = (f"ours {item}", "ours", "images_per_s_c16")
+        out[f"p50 c1, ours {item} / ours"] = (f"ours {item}", "ours", "p50_ms_c1")
+    return out
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -435,6 +455,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.name or ("serving" if args.device == "cpu" else "serving_gpu"),
         runs,
         ratios={
+            **compared_ratios(args.compare_env),
             "throughput c16, ours / naive": ("ours", "naive", "images_per_s_c16"),
             "throughput c16, ours / model only": ("ours", "model_only", "images_per_s_c16"),
             "p50 c1, ours / naive": ("ours", "naive", "p50_ms_c1"),

@@ -133,6 +133,9 @@ def test_what_each_configuration_changes_in_the_requests(recorded):
             "TransformAmiVersion": "al2-ami-sagemaker-batch-gpu-535",
         }
         assert transform["Environment"] == {"SAGEMAKER_CUDA_COMPAT_DISABLED": "true"}
+        assert len(by["CreateTransformJob"]) >= 2
+        for job in by["CreateTransformJob"][1:]:  # the explain step's job keeps the host setting beside its own
+            assert job["Environment"]["SAGEMAKER_CUDA_COMPAT_DISABLED"] == "true" and "IMAGE_CLASSIFIER_EXPLAIN" in job["Environment"]
 
 
 def test_grid_search_sends_categorical_ranges_and_no_job_limit(aws, tmp_path):

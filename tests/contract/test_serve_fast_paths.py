@@ -74,8 +74,12 @@ def test_forced_bf16_reaches_the_workers_and_stays_close_to_fp32(digits_job, tmp
     assert "event=serve_precision chosen=bf16 graph=frozen reason=forced" in server.log()
     bf16 = LoadedModel(digits_job[0] / "model", precision="bf16", graph="frozen")
     fp32 = LoadedModel(digits_job[0] / "model", precision="fp32", graph="eager")
+    # bf16 moves each logit by ~1e-2 of its size; dividing by the calibrated temperature (0.3 here)
+    # magnifies that before the softmax, whose slope is at most 1/2: the tolerance scales with 1/T
+    tolerance = 5e-2 / min(1.0, fp32.temperature)
     for photo, top_k in zip(photos, answers, strict=True):
         same_mode, exact = _expected(bf16, photo), _expected(fp32, photo)
         for entry in top_k:
             assert entry["probability"] == pytest.approx(same_mode[entry["index"]], abs=1e-3)
-            assert entry["probability"] == pytest.approx(exact[entry["index"]], abs=5e-2)
+            assert entry["probability"] == pytest.approx(exact[entry["index"]], abs=tolerance)
+        assert top_k[0]["index"] == max(range(len(exact)), key=exact.__getitem__) or top_k[0]["probability"] < 0.6

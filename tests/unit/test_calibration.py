@@ -57,3 +57,13 @@ def test_logits_from_an_inference_mode_evaluation_can_be_calibrated():
         logits, labels = _draw(0.7, 2_000, seed=6)
         logits, labels = logits * 1, labels * 1  # inference tensors, as evaluate() returns them
     assert fit_temperature(logits, labels) == pytest.approx(0.7, rel=0.2)
+
+
+def test_a_diverged_run_is_not_calibrated_and_huge_logits_stay_in_bounds(caplog):
+    logits, labels = _draw(1.0, 200, seed=7)
+    diverged = logits.clone()
+    diverged[0, 0] = float("nan")
+    assert calibrate((diverged, labels), (logits, labels)) is None
+    assert "event=calibration_skipped reason=non_finite_validation_logits" in caplog.text
+    exploded = logits * 1e18  # finite but as large as a learning rate of 50 makes them
+    assert BOUNDS[0] <= fit_temperature(exploded, labels) <= BOUNDS[1]

@@ -84,6 +84,7 @@ BATCH_SIZE_ENV = "IMAGE_CLASSIFIER_BATCH_SIZE"  # MMS cross-request batching
 MAX_BATCH_DELAY_ENV = "IMAGE_CLASSIFIER_MAX_BATCH_DELAY_MS"
 BATCHES_IN_FLIGHT_ENV = "IMAGE_CLASSIFIER_BATCHES_IN_FLIGHT"  # envelopes at MMS per model (default: workers; 0: no cap)
 THREADS_ENV = "IMAGE_CLASSIFIER_THREADS_PER_WORKER"
+OMP_SPIN_ENV = "IMAGE_CLASSIFIER_OMP_SPIN"  # passive | default | a spin count: how the worker's OpenMP threads wait
 MMS_PORT_ENV = "IMAGE_CLASSIFIER_MMS_PORT"  # internal inference port (management = +1)
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
 DEFAULT_PORT = 8080

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from image_classifier import params
+from image_classifier.errors import UserError
 from image_classifier.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,27 @@ def mms_properties(config: ServingConfig, workdir: Path) -> dict[str, str]:
     }
 
 
+DEFAULT_OMP_SPIN = "passive"
+
+
+def openmp_wait(setting: str, environ: dict[str, str] | os._Environ) -> dict[str, str]:
+    """How the worker's OpenMP threads wait at each barrier of a forward pass (``IMAGE_CLASSIFIER_OMP_SPIN``).
+
+    ``passive``: they sleep at once (OMP_WAIT_POLICY=PASSIVE): safe when the front, Java or a
+    neighbour takes a core (a spinning team waits for its descheduled member at every layer:
+    ResNet-50 at batch 1 on 2 busy cores, 120-340 ms instead of 58-122 ms), but each of a forward
+    pass's ~160 barriers then costs a wake-up. A number: they spin that many times, then sleep
+    (GOMP_SPINCOUNT). ``default``: libgomp's own. An OMP_WAIT_POLICY already set is left alone.
+    """
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ or setting == "default":
+        return {}
+    if setting == "passive":
+        return {"OMP_WAIT_POLICY": "PASSIVE"}
+    if setting.isdigit():
+        return {"GOMP_SPINCOUNT": setting}
+    raise UserError(f"{params.OMP_SPIN_ENV}={setting!r}: use passive, default or a spin count")
+
+
 class ModelServer:
     def __init__(self, config: ServingConfig, workdir: Path):
         self.config = config
@@ -91,10 +113,7 @@ class ModelServer:
             "OMP_NUM_THREADS": str(self.config.threads_per_worker),
         }
         if self.config.threads_per_worker > 1:
-            # OpenMP threads that sleep instead of spinning at each barrier: when the front, Java or a
-            # neighbour takes a core, a spinning team waits for its descheduled member at every layer
-            # (ResNet-50 at batch 1 on 2 busy cores: 120-340 ms instead of 58-122 ms)
-            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            env.update(openmp_wait(os.environ.get(params.OMP_SPIN_ENV, DEFAULT_OMP_SPIN), os.environ))
         mms = Path(sys.executable).with_name("multi-model-server")
         command = [
             str(mms),

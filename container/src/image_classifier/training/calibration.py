@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -60,12 +61,13 @@ def ece(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature of least NLL, by L-BFGS on log T (convex enough in practice), clamped to ``BOUNDS``."""
     log_t = torch.zeros(1, requires_grad=True)
+    low, high = (math.log(bound) for bound in BOUNDS)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
     logits, labels = logits.detach().float().clone(), labels.detach().clone()  # inference tensors cannot take part in autograd
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss = F.cross_entropy(logits / log_t.clamp(low, high).exp(), labels)  # flat outside: the search stays in range
         loss.backward()
         return loss
 
@@ -99,8 +101,15 @@ class Calibration:
         return out
 
 
-def calibrate(valid: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None) -> Calibration:
-    """Fit on validation, report on validation and test."""
+def calibrate(valid: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None) -> Calibration | None:
+    """Fit on validation, report on validation and test; None (said in the log) when the logits are not finite.
+
+    A diverged run (NaN or infinite logits) has no temperature worth fitting: its model card keeps
+    none, and the diagnostics have already said why.
+    """
+    if not bool(torch.isfinite(valid[0]).all()):
+        log.warning(format_line("calibration_skipped", reason="non_finite_validation_logits"))
+        return None
     result = Calibration(fit_temperature(*valid))
     result.measure("valid", *valid)
     if test is not None:
