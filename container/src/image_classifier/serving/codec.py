@@ -120,9 +120,10 @@ def response_options(
 
 
 def allow_pixels(max_pixels: int) -> None:
-    """Raise Pillow's own bomb threshold (89 MP, an error past twice that) to our guard, which is checked first:
-    above the real-time limit the guard follows the payload limit (``ServingConfig.max_image_pixels``)."""
-    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, max_pixels)
+    """Above the real-time limit the guard follows the payload limit (``ServingConfig.max_image_pixels``), past
+    Pillow's own bomb threshold (89 MP; it warns in ``Image.open``, before our check): raise Pillow's to twice
+    ours, so that ours refuses first, with its message, and Pillow's still stands behind it."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 2 * max_pixels)
 
 
 def decode_image(data: bytes, what: str = "image", draft_size: int | None = None, max_pixels: int = params.MAX_IMAGE_PIXELS) -> Image.Image:
