@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deploy import gpu_hosts, instances
 from image_classifier.params import MAX_PAYLOAD_CEILING_MB, MAX_PAYLOAD_ENV, REALTIME_MAX_PAYLOAD_MB, TIMEOUT_ENV
@@ -78,6 +78,17 @@ class ServerlessOptions(BaseModel):
     max_payload_mb: int = Field(default=SERVERLESS_MAX_PAYLOAD_MB, ge=1)
     timeout_s: int = Field(default=SERVERLESS_MAX_TIMEOUT_S, ge=1)
     image_uri: str | None = Field(default=None, description="the CPU-only build of the image (docs/image.md); default: the run's image")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cpu_only(cls, data: object) -> object:
+        """An instance or accelerator type here would be a GPU wish: say why there is none, not just "extra field"."""
+        if isinstance(data, dict) and (asked := sorted({"instance_type", "accelerator_type", "instance_count"} & set(data))):
+            raise ValueError(
+                f"{', '.join(asked)}: a serverless endpoint has no instances of yours and runs on CPU only (no GPU); "
+                "for a GPU use the deploy or async step"
+            )
+        return data
 
 
 class AutoscalingOptions(BaseModel):

@@ -168,9 +168,8 @@ def model(
     model_data: str,
     name: str,
     env: dict[str, str] | None = None,
-    serverless: bool = False,
 ) -> Any:
-    """``env``: the container's environment (the async and serverless limits); ``serverless``: neither VPC nor isolation."""
+    """``env``: the container's environment (the async and serverless limits)."""
     from sagemaker.model import Model
 
     return Model(
@@ -179,8 +178,8 @@ def model(
         role=cfg.role_arn,
         name=name,
         env=env,
-        enable_network_isolation=cfg.network_isolation and not serverless,
-        vpc_config=None if serverless else _vpc_config(cfg),
+        enable_network_isolation=cfg.network_isolation,
+        vpc_config=_vpc_config(cfg),
         sagemaker_session=sm_session,
         predictor_cls=predictor,
     )

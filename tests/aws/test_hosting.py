@@ -297,6 +297,7 @@ def test_scaling_bounds_and_topics_are_checked_when_the_configuration_loads():
         ({"async_inference": {"min_instances": 4}}, "async_inference.min_instances"),
         ({"async_inference": {"success_topic": "my-topic"}}, "async_inference.success_topic"),
         ({"async_inference": {"instance_type": "ml.p3.2xlarge"}}, "async_inference.instance_type"),
+        ({"serverless": {"instance_type": "ml.g5.xlarge"}}, "serverless: instance_type: a serverless endpoint has no instances"),  # no GPU
     ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config(overrides={**base, **overrides}, environ={})
