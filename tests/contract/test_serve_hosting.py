@@ -27,7 +27,7 @@ from tests.contract.test_serve_security import _read_response
 from tests.helpers import ServeProcess
 
 CEILING_BYTES = params.MAX_PAYLOAD_CEILING_MB * 1024 * 1024
-WORKER = re.compile(r"(W-\d+-model[^ ]*) .*event=batch ")
+WORKER = re.compile(r" (W-[\w.-]+?)-std(?:out|err) .*event=batch ")  # MMS names the thread W-model-1-stdout
 
 
 @pytest.fixture(scope="module")
