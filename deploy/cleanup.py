@@ -2,7 +2,8 @@
 
 For what a process was interrupted in (SIGKILL, a lost laptop) or kept with ``--keep-endpoint``:
 running tuning, training, transform and processing jobs are stopped; endpoints, endpoint
-configs and models are deleted. A resource is ours when it carries ``project=image-classifier``;
+configs and models are deleted, and with them the autoscaling targets (and their policies) and the
+CloudWatch alarms of the run (``find_scaling``). A resource is ours when it carries ``project=image-classifier``;
 with a run id, only that run's (``deploy.tags``). Untagged resources and other projects' are
 never touched, whatever their names.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from deploy.state import Resource
 from deploy.tags import ours
+from deploy.teardown import SCALABLE_DIMENSION
 
 log = logging.getLogger(__name__)
 
@@ -63,4 +65,24 @@ def find(sm: Any, run_id: str | None) -> list[Resource]:
                 if ours(_tags(sm, item[arn_key]), run_id):
                     found.append(Resource(kind=kind, name=item[name_key]))
     log.info("event=cleanup_found run_id=%s resources=%d", run_id or "all", len(found))
+    return found
+
+
+def find_scaling(autoscaling: Any, cloudwatch: Any, run_id: str | None) -> list[Resource]:
+    """Autoscaling targets of SageMaker variants and CloudWatch alarms (``ic-*``) tagged by this project (and run)."""
+    found = []
+    pages = autoscaling.get_paginator("describe_scalable_targets").paginate(ServiceNamespace="sagemaker")
+    for page in pages:
+        for target in page.get("ScalableTargets", []):
+            if target.get("ScalableDimension") != SCALABLE_DIMENSION:
+                continue
+            tags = autoscaling.list_tags_for_resource(ResourceARN=target["ScalableTargetARN"]).get("Tags", {})
+            if ours(tags, run_id):
+                found.append(Resource(kind="scalable-target", name=target["ResourceId"]))
+    for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix="ic-"):
+        for alarm in page.get("MetricAlarms", []):
+            tags = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"]).get("Tags", [])
+            if ours({t["Key"]: t["Value"] for t in tags}, run_id):
+                found.append(Resource(kind="alarm", name=alarm["AlarmName"]))
+    log.info("event=cleanup_found_scaling run_id=%s resources=%d", run_id or "all", len(found))
     return found

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy import gpu_hosts, instances, kms, rules
+from deploy.hosting_options import AsyncOptions, AutoscalingOptions, ServerlessOptions
 from deploy.search_space import SearchSpace
 from deploy.service_model import enum
 from image_classifier.params import EXPLAIN_METHODS
@@ -109,6 +110,9 @@ class DeployConfig(BaseModel):
     clarify_instance_type: str = "ml.m5.xlarge"
     clarify_max_runtime_s: int = Field(7200, ge=60, le=777600)
     explain_method: str = Field("auto", description="the explain step's method: IMAGE_CLASSIFIER_EXPLAIN of its batch transform")
+    autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions)  # the real-time endpoint (deploy.hosting_options)
+    async_inference: AsyncOptions = Field(default_factory=AsyncOptions)  # the async step
+    serverless: ServerlessOptions = Field(default_factory=ServerlessOptions)  # the serverless step
     wait_poll_s: float = Field(60.0, gt=0, description="how often a wait for a tuning job looks again (and prunes checkpoints)")
     # teardown: an endpoint SageMaker is still creating cannot be deleted until it leaves Creating
     teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")

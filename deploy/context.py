@@ -110,12 +110,20 @@ class Context:
         if not resources or self.dry_run:
             return []
         waiting = teardown.Waiting(self.cfg.teardown_poll_s, self.cfg.teardown_wait_s)
-        outcomes = teardown.release(self.aws.client("sagemaker"), resources, keep_hosting=keep_hosting, waiting=waiting, say=self.say)
+        outcomes = teardown.release(self.aws.client, resources, keep_hosting=keep_hosting, waiting=waiting, say=self.say)
         for line in teardown.summary(outcomes, reason):
             self.say(line)
         gone = {(o.resource.kind, o.resource.name) for o in outcomes if o.action in ("deleted", "absent")}
-        for attribute, kind in (("endpoint", "endpoint"), ("multi_model_endpoint", "endpoint"), ("model_name", "model")):
+        for attribute, kind in (
+            ("endpoint", "endpoint"),
+            ("multi_model_endpoint", "endpoint"),
+            ("async_endpoint", "endpoint"),
+            ("serverless_endpoint", "endpoint"),
+            ("model_name", "model"),
+        ):
             if (kind, getattr(self.state, attribute)) in gone:
                 setattr(self.state, attribute, None)
+        for endpoint in [e for e in self.state.scaling if ("endpoint", e) in gone]:
+            del self.state.scaling[endpoint]  # its policies went with its autoscaling target
         self.save()
         return outcomes

@@ -53,8 +53,8 @@ def _placeholder(model: Any, params: dict[str, Any]) -> dict[str, Any]:
         return out
     name = next((v for k, v in params.items() if k.endswith("Name") and isinstance(v, str)), "dry-run")
     for member, member_shape in shape.members.items():
-        if member_shape.type_name == "string" and member.endswith(("Arn", "Name", "Uri", "Id")):
-            out[member] = f"arn:aws:dry-run:::{name}" if member.endswith("Arn") else name
+        if member_shape.type_name == "string" and member.endswith(("Arn", "ARN", "Name", "Uri", "Id")):
+            out[member] = f"arn:aws:dry-run:::{name}" if member.endswith(("Arn", "ARN")) else name
     if model.name == "GetCallerIdentity":
         out.update(Account=DRY_RUN_ACCOUNT, Arn=f"arn:aws:iam::{DRY_RUN_ACCOUNT}:user/dry-run", UserId="dry-run")
     return out

@@ -7,6 +7,8 @@
     python -m deploy.pipeline deploy query --yes               # real-time endpoint + top-5 of a sample, then deleted
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
     python -m deploy.pipeline explain                          # heatmaps over the test set, an HTML gallery (no Clarify needed)
+    python -m deploy.pipeline async --yes                      # asynchronous endpoint (S3 in and out, scales to zero) + top-5
+    python -m deploy.pipeline serverless --yes --network-isolation false   # serverless endpoint (CPU) + top-5
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
     python -m deploy.pipeline all --data PATH --yes            # check data weights tune best train deploy query
 
@@ -38,7 +40,7 @@ from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
 from deploy.rules import RequestRefused
 from deploy.state import RunIdError, RunState, check_run_id, load_state, new_run_id
-from deploy.steps import check, clarify, cleanup, explain, hosting, multi_model, training, transform
+from deploy.steps import async_inference, check, clarify, cleanup, explain, hosting, multi_model, serverless, training, transform
 from deploy.teardown import Outcome
 
 log = logging.getLogger("deploy")
@@ -67,6 +69,8 @@ STEPS = (
     Step("transform", transform.step_transform, optional=True),
     Step("clarify", clarify.step_clarify, billable=True, optional=True),
     Step("explain", explain.step_explain, optional=True),
+    Step("async", async_inference.step_async, billable=True, optional=True),
+    Step("serverless", serverless.step_serverless, billable=True, optional=True),
     Step("cleanup", cleanup.step_cleanup),
 )
 BY_NAME = {step.name: step for step in STEPS}

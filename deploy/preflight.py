@@ -120,13 +120,14 @@ def quota_needs(cfg: DeployConfig, plan: list[str]) -> Counter[str]:
         needs[training] = max(needs[training], cfg.max_parallel_jobs * cfg.train_instance_count)
     if "train" in plan:
         needs[training] = max(needs[training], cfg.train_instance_count)
-    for step, instance_type in (
-        ("deploy", cfg.endpoint_instance_type),
-        ("mme", cfg.multi_model_instance_type),
-        ("clarify", cfg.endpoint_instance_type),
+    for step, instance_type, count in (
+        ("deploy", cfg.endpoint_instance_type, cfg.autoscaling.max_instances),  # as many as autoscaling may start
+        ("mme", cfg.multi_model_instance_type, 1),
+        ("clarify", cfg.endpoint_instance_type, 1),
+        ("async", cfg.async_inference.instance_type, cfg.async_inference.max_instances),
     ):
         if step in plan:
-            needs[f"{instance_type} for endpoint usage"] += 1
+            needs[f"{instance_type} for endpoint usage"] += count
     if "transform" in plan:
         needs[f"{cfg.transform_instance_type} for transform job usage"] += 1
     if "clarify" in plan:

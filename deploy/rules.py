@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from deploy import gpu_hosts, kms
+from deploy import gpu_hosts, hosting_options, kms
 from deploy.instances import has_local_nvme, is_accelerated
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def config_refusals(cfg: DeployConfig) -> list[Refusal]:
             out.append(Refusal("kms_key_id", message))
     if is_accelerated(cfg.multi_model_instance_type):
         out.append(Refusal("multi_model_instance_type", MULTI_MODEL_GPU.format(value=cfg.multi_model_instance_type)))
-    return out + _gpu_refusals(cfg)
+    return out + _gpu_refusals(cfg) + hosting_options.config_refusals(cfg)
 
 
 def _gpu_refusals(cfg: DeployConfig) -> list[Refusal]:
@@ -116,15 +116,16 @@ def _gpu_refusals(cfg: DeployConfig) -> list[Refusal]:
 
 
 def plan_refusals(cfg: DeployConfig, steps: list[str]) -> list[Refusal]:
-    """Rules that hold only for the steps a run takes."""
+    """Rules that hold only for the steps a run takes (the async and serverless ones: ``deploy.hosting_options``)."""
+    out = hosting_options.plan_refusals(cfg, steps)
     if "clarify" in steps and gpu_hosts.is_nvidia(cfg.endpoint_instance_type):
         message = (
             f"{cfg.endpoint_instance_type!r} is a GPU: Clarify's shadow endpoint takes no InferenceAmiVersion, and SageMaker's "
             "default GPU host drivers cannot run the image's CUDA 13 build: run the clarify step with a CPU type "
             "(--endpoint-instance-type ml.m5.xlarge)"
         )
-        return [Refusal("endpoint_instance_type", message)]
-    return []
+        out.append(Refusal("endpoint_instance_type", message))
+    return out
 
 
 def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> list[str]:
@@ -151,6 +152,7 @@ class RequestRules:
     """The rules on requests; remembers multi-model models and the names created this session."""
 
     multi_model: set[str] = field(default_factory=set)
+    confined: dict[str, str] = field(default_factory=dict)  # model -> "network isolation" / "a VPC": neither serverless can take
     created: set[tuple[str, str]] = field(default_factory=set)
     cuda_compat: bool = False  # the image carries NVIDIA's forward-compatibility libraries (image_cuda_compat)
 
@@ -224,8 +226,13 @@ class RequestRules:
         return problems
 
     def _CreateModel(self, params: dict[str, Any]) -> list[str]:
+        name = params.get("ModelName", "")
         if params.get("PrimaryContainer", {}).get("Mode") == "MultiModel":
-            self.multi_model.add(params.get("ModelName", ""))
+            self.multi_model.add(name)
+        if params.get("EnableNetworkIsolation"):
+            self.confined[name] = "network isolation"
+        elif params.get("VpcConfig"):
+            self.confined[name] = "a VPC"
         return []
 
     def _CreateEndpointConfig(self, params: dict[str, Any]) -> list[str]:
@@ -239,8 +246,24 @@ class RequestRules:
             if variant.get("ModelName") in self.multi_model and is_accelerated(instance_type):
                 problems.append(f"ProductionVariants[{index}].InstanceType: {MULTI_MODEL_GPU.format(value=instance_type)}")
             problems += self._gpu_variant(f"ProductionVariants[{index}]", variant)
+            if "ServerlessConfig" in variant:
+                problems += self._serverless_variant(f"ProductionVariants[{index}]", variant)
         for index, variant in enumerate(params.get("ShadowProductionVariants", [])):
             problems += self._gpu_variant(f"ShadowProductionVariants[{index}]", variant)
+        return problems
+
+    def _serverless_variant(self, where: str, variant: dict[str, Any]) -> list[str]:
+        """Serverless: CPU only, no multi-model, no VPC, no network isolation (the service refuses each)."""
+        problems = [
+            f"{where}.{key}: a serverless variant runs on CPU only and takes no {key}"
+            for key in ("InstanceType", "AcceleratorType", "InferenceAmiVersion")
+            if variant.get(key)
+        ]
+        model = variant.get("ModelName", "")
+        if model in self.multi_model:
+            problems.append(f"{where}.ModelName: {model!r} is a multi-model model; serverless endpoints serve one model")
+        if model in self.confined:
+            problems.append(f"{where}.ModelName: {model!r} runs with {self.confined[model]}, which serverless endpoints cannot take")
         return problems
 
     def _gpu_variant(self, where: str, variant: dict[str, Any]) -> list[str]:

@@ -160,7 +160,16 @@ def tuner(cfg: DeployConfig, base_estimator: Any, *, run_id: str) -> Any:
     )
 
 
-def model(cfg: DeployConfig, sm_session: Any, *, image_uri: str, model_data: str, name: str) -> Any:
+def model(
+    cfg: DeployConfig,
+    sm_session: Any,
+    *,
+    image_uri: str,
+    model_data: str,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> Any:
+    """``env``: the container's environment (the async and serverless limits)."""
     from sagemaker.model import Model
 
     return Model(
@@ -168,11 +177,33 @@ def model(cfg: DeployConfig, sm_session: Any, *, image_uri: str, model_data: str
         model_data=model_data,
         role=cfg.role_arn,
         name=name,
+        env=env,
         enable_network_isolation=cfg.network_isolation,
         vpc_config=_vpc_config(cfg),
         sagemaker_session=sm_session,
         predictor_cls=predictor,
     )
+
+
+def async_config(cfg: DeployConfig, output_path: str) -> Any:
+    """Answers to ``<output>/`` and failures to ``<output>-failures/``, encrypted with the run's key; SNS topics if set."""
+    from sagemaker.async_inference import AsyncInferenceConfig
+
+    options = cfg.async_inference
+    topics = {k: v for k, v in (("SuccessTopic", options.success_topic), ("ErrorTopic", options.error_topic)) if v}
+    return AsyncInferenceConfig(
+        output_path=output_path,
+        failure_path=output_path.rstrip("/") + "-failures",
+        max_concurrent_invocations_per_instance=options.max_concurrent_invocations,
+        kms_key_id=cfg.kms_key_id,
+        notification_config=topics or None,
+    )
+
+
+def serverless_config(cfg: DeployConfig) -> Any:
+    from sagemaker.serverless import ServerlessInferenceConfig
+
+    return ServerlessInferenceConfig(memory_size_in_mb=cfg.serverless.memory_mb, max_concurrency=cfg.serverless.max_concurrency)
 
 
 def multi_model(cfg: DeployConfig, sm_session: Any, *, image_uri: str, name: str, prefix: str) -> Any:

@@ -41,7 +41,7 @@ def check_run_id(run_id: str) -> str:
 
 
 class Resource(BaseModel):
-    """One SageMaker resource a run asked for: ``kind`` is a key of ``deploy.teardown.KINDS``."""
+    """One resource a run asked for (SageMaker's, an autoscaling target, an alarm): ``kind`` is a key of ``deploy.teardown.KINDS``."""
 
     kind: str
     name: str
@@ -64,6 +64,9 @@ class RunState(BaseModel):
     model_name: str | None = None
     endpoint: str | None = None
     multi_model_endpoint: str | None = None
+    async_endpoint: str | None = None  # its model and config share the name
+    serverless_endpoint: str | None = None
+    scaling: dict[str, list[str]] = Field(default_factory=dict)  # endpoint -> its scaling policies (and alarm)
     transform_job: str | None = None
     transform_output: str | None = None
     clarify_job: str | None = None

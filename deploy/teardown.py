@@ -10,8 +10,9 @@ while it is being created or updated: teardown waits for it (``teardown_poll_s``
 ``teardown_wait_s``), then deletes it. What cannot be released is printed with the command
 that releases it by hand, and the run exits non-zero.
 
-A kind added later is one entry in ``KINDS``: async and serverless endpoints are endpoints; an
-autoscaling target goes before the endpoint it scales.
+A kind is one entry in ``KINDS``: async and serverless endpoints are endpoints; an autoscaling
+target (Application Auto Scaling; its scaling policies are deleted with it) and the CloudWatch alarm
+that scales an async endpoint up from zero go before the endpoint they watch.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _ABSENT_CODES = ("ValidationException", "ResourceNotFound", "ResourceNotFoundExc
 
 @dataclass(frozen=True)
 class Kind:
+    """A SageMaker resource kind: described, stopped or deleted by name through the sagemaker client."""
+
     name: str
     describe: str  # boto3 method of the sagemaker client
     key: str  # its name parameter
@@ -40,6 +43,7 @@ class Kind:
     busy: frozenset[str]  # statuses in which SageMaker refuses the release: wait, then retry
     release: str  # stop_* or delete_*
     hosting: bool  # deleted at the end of a run unless --keep-endpoint
+    service: str = "sagemaker"  # the boto3 client it takes
 
     def status(self, sm: Any, name: str) -> str | None:
         """The current status; ``"exists"`` for kinds without one; None when it is gone."""
@@ -51,10 +55,53 @@ class Kind:
             raise
         return answer.get(self.status_key, "unknown") if self.status_key else "exists"
 
+    def do_release(self, client: Any, name: str) -> None:
+        getattr(client, self.release)(**{self.key: name})
+
     def command(self, name: str) -> str:
         """The AWS CLI line that releases it by hand."""
         flag = re.sub(r"(?<!^)(?=[A-Z])", "-", self.key).lower()
-        return f"aws sagemaker {self.release.replace('_', '-')} --{flag} {name}"
+        return f"aws {self.service} {self.release.replace('_', '-')} --{flag} {name}"
+
+
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+
+
+@dataclass(frozen=True)
+class ScalableTarget(Kind):
+    """An endpoint variant registered with Application Auto Scaling; its name is the resource id
+    (``endpoint/<endpoint>/variant/<variant>``). Its policies are deleted first: the service deletes them with
+    the target, the emulator does not."""
+
+    def status(self, client: Any, name: str) -> str | None:
+        found = client.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[name], ScalableDimension=SCALABLE_DIMENSION)
+        return "exists" if found.get("ScalableTargets") else None
+
+    def do_release(self, client: Any, name: str) -> None:
+        where = {"ServiceNamespace": "sagemaker", "ResourceId": name, "ScalableDimension": SCALABLE_DIMENSION}
+        for policy in client.describe_scaling_policies(**where).get("ScalingPolicies", []):
+            client.delete_scaling_policy(PolicyName=policy["PolicyName"], **where)
+        client.deregister_scalable_target(**where)
+
+    def command(self, name: str) -> str:
+        return (
+            f"aws application-autoscaling deregister-scalable-target --service-namespace sagemaker --resource-id {name} "
+            f"--scalable-dimension {SCALABLE_DIMENSION}"
+        )
+
+
+@dataclass(frozen=True)
+class Alarm(Kind):
+    """A CloudWatch alarm of ours (the one that scales an async endpoint up from zero)."""
+
+    def status(self, client: Any, name: str) -> str | None:
+        return "exists" if client.describe_alarms(AlarmNames=[name]).get("MetricAlarms") else None
+
+    def do_release(self, client: Any, name: str) -> None:
+        client.delete_alarms(AlarmNames=[name])
+
+    def command(self, name: str) -> str:
+        return f"aws cloudwatch delete-alarms --alarm-names {name}"
 
 
 def _job(name: str, noun: str) -> Kind:
@@ -74,6 +121,10 @@ KINDS: dict[str, Kind] = {
         _job("training-job", "TrainingJob"),
         _job("transform-job", "TransformJob"),
         _job("processing-job", "ProcessingJob"),
+        Alarm("alarm", "", "", None, _EXISTS, frozenset(), "delete_alarms", True, "cloudwatch"),
+        ScalableTarget(
+            "scalable-target", "", "", None, _EXISTS, frozenset(), "deregister_scalable_target", True, "application-autoscaling"
+        ),
         Kind(
             "endpoint", "describe_endpoint", "EndpointName", "EndpointStatus", _ENDPOINT_STATUSES, _ENDPOINT_BUSY, "delete_endpoint", True
         ),
@@ -104,6 +155,7 @@ class Waiting:
 
 
 def _release(sm: Any, kind: Kind, name: str, waiting: Waiting, say: Callable[[str], None]) -> tuple[str, str]:
+    """``sm``: the client of the kind's service."""
     status = kind.status(sm, name)
     if status is None:
         return "absent", ""
@@ -112,7 +164,7 @@ def _release(sm: Any, kind: Kind, name: str, waiting: Waiting, say: Callable[[st
     deadline = time.monotonic() + waiting.wait_s
     while True:
         try:
-            getattr(sm, kind.release)(**{kind.key: name})
+            kind.do_release(sm, name)
             return ("stopped" if kind.release.startswith("stop") else "deleted"), status
         except ClientError as exc:
             status = kind.status(sm, name)
@@ -129,8 +181,11 @@ def _ordered(resources: Iterable[Resource]) -> list[Resource]:
     return [Resource(kind=k, name=n) for k, n in sorted(unique, key=lambda item: ORDER.index(item[0]))]
 
 
-def release(sm: Any, resources: Iterable[Resource], *, keep_hosting: bool, waiting: Waiting, say: Callable[[str], None]) -> list[Outcome]:
-    """Release ``resources`` (jobs first, then endpoints, configs, models); every outcome is said as it happens."""
+def release(
+    client: Callable[[str], Any], resources: Iterable[Resource], *, keep_hosting: bool, waiting: Waiting, say: Callable[[str], None]
+) -> list[Outcome]:
+    """Release ``resources`` (jobs first, then alarms, scaling targets, endpoints, configs, models); every outcome is
+    said as it happens. ``client``: the boto3 client of a service, by name."""
     outcomes = []
     with signals.deferred(say):
         for resource in _ordered(resources):
@@ -139,7 +194,7 @@ def release(sm: Any, resources: Iterable[Resource], *, keep_hosting: bool, waiti
                 outcome = Outcome(resource, "kept")
             else:
                 try:
-                    outcome = Outcome(resource, *_release(sm, kind, resource.name, waiting, say))
+                    outcome = Outcome(resource, *_release(client(kind.service), kind, resource.name, waiting, say))
                 except ClientError as exc:
                     outcome = Outcome(resource, "failed", exc.response.get("Error", {}).get("Message", str(exc)))
                 except BotoCoreError as exc:  # no answer at all (network, credentials): the next resource may still go

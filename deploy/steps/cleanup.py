@@ -7,9 +7,11 @@ from deploy.context import Context, StepError
 
 
 def step_cleanup(ctx: Context) -> None:
-    """Running jobs stopped; endpoints, endpoint configs and models deleted (``deploy.cleanup``); ended jobs' checkpoints deleted."""
+    """Running jobs stopped; alarms, autoscaling targets, endpoints, endpoint configs and models deleted (``deploy.cleanup``);
+    ended jobs' checkpoints deleted."""
     run_id = None if ctx.all_runs else ctx.state.run_id
     found = cleanup.find(ctx.aws.client("sagemaker"), run_id)
+    found += cleanup.find_scaling(ctx.aws.client("application-autoscaling"), ctx.aws.client("cloudwatch"), run_id)
     outcomes = ctx.release(found, keep_hosting=False, reason="cleanup")
     if not ctx.dry_run:  # ended jobs' checkpoint folders (deploy.checkpoints): nothing resumes them
         root = ctx.cfg.checkpoint_uri if ctx.all_runs else f"{ctx.cfg.checkpoint_uri}/{ctx.state.run_id}"

@@ -1,4 +1,5 @@
-"""The real-time endpoint and its query, and the model that batch transform and Clarify reuse."""
+"""The real-time endpoint (autoscaled when ``autoscaling.max_instances`` > ``min_instances``) and its query,
+and the model that batch transform and Clarify reuse."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from botocore.exceptions import WaiterError
 
-from deploy import gpu_hosts, results, sdk
+from deploy import autoscaling, gpu_hosts, results, sdk
 from deploy.context import Context, StepError
 from deploy.tags import tag_list
 
@@ -53,6 +54,7 @@ def step_deploy(ctx: Context) -> None:
     )
     wait_in_service(ctx, endpoint)
     ctx.say(f"event=endpoint_in_service endpoint={endpoint} instance_type={instance_type}")
+    autoscaling.scale_real_time(ctx, endpoint)
 
 
 def sample_bytes(ctx: Context) -> tuple[bytes, str]:
@@ -69,9 +71,10 @@ def sample_bytes(ctx: Context) -> tuple[bytes, str]:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read(), key
 
 
-def _top(answer: dict[str, Any]) -> list[str]:
-    prediction = answer["predictions"][0]
-    return [f"  {entry['probability']:.3f}  {entry['label']}" for entry in prediction["top_k"]]
+def print_top(ctx: Context, answer: dict[str, Any]) -> None:
+    """The first prediction's top-k, one ``probability  label`` line each."""
+    for entry in answer["predictions"][0]["top_k"]:
+        ctx.say(f"  {entry['probability']:.3f}  {entry['label']}")
 
 
 def step_query(ctx: Context) -> None:
@@ -83,8 +86,7 @@ def step_query(ctx: Context) -> None:
     ctx.state.results["query"] = {"sample": name, "answer": answer}
     ctx.save()
     ctx.say(f"event=prediction endpoint={endpoint} sample={name} label={answer['predictions'][0]['label']}")
-    for line in _top(answer):
-        ctx.say(line)
+    print_top(ctx, answer)
 
 
 def ensure_model(ctx: Context, instance_type: str) -> str:

@@ -18,6 +18,9 @@ StopProcessingJob). So this proxy forwards every request to the emulator unchang
 - a recorded answer (``answer``): a call the emulator does not implement (Service Quotas'
   ListServiceQuotas, and SageMaker's quotas in ListAWSDefaultServiceQuotas) gets the answer
   given, in the API's own shape (``tests/aws/recorded.py``);
+- Application Auto Scaling's ListTagsForResource (moto 5.2.5 keeps no tags of scalable targets and
+  lacks the call): answered with the tags the target was registered with (``RegisterScalableTarget``
+  requests through the gate), found by the ARN the emulator's DescribeScalableTargets gave it;
 - an InvokeEndpoint: kept as sent (path, headers, the exact body bytes) in ``invocations``; a
   body that is not UTF-8 (any real image) reaches the emulator base64-encoded, since moto 5.2.5
   decodes every request body as UTF-8 and answers 500 otherwise (it answers queued results
@@ -80,6 +83,8 @@ class Gate:
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # X-Amz-Target -> a recorded answer
     invocations: list[dict[str, Any]] = field(default_factory=list)  # InvokeEndpoint requests as sent
     stopped: set[str] = field(default_factory=set)
+    target_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # scalable target resource id -> its tags
+    target_ids: dict[str, str] = field(default_factory=dict)  # scalable target ARN -> resource id
     _released: dict[str, int] = field(default_factory=dict)  # endpoint -> describes left before InService
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -170,6 +175,22 @@ class Gate:
                     answer = self._list(kind, wanted, answer)
         return status, json.dumps(answer).encode()
 
+    def autoscaling(self, operation: str, body: dict[str, Any], forward: Callable[[], tuple[int, dict[str, str], bytes]]):
+        """Application Auto Scaling: forwarded, but tags kept and ListTagsForResource answered (the emulator lacks it)."""
+        with self._lock:
+            self.log.append((operation, body))
+            if operation == "RegisterScalableTarget":
+                self.target_tags[body["ResourceId"]] = dict(body.get("Tags") or {})
+            if operation == "ListTagsForResource":
+                tags = self.target_tags.get(self.target_ids.get(body.get("ResourceARN", ""), ""), {})
+                return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps({"Tags": tags}).encode()
+        status, headers, raw = forward()
+        if operation == "DescribeScalableTargets" and status < 300:
+            with self._lock:
+                for target in json.loads(raw).get("ScalableTargets", []):
+                    self.target_ids[target["ScalableTargetARN"]] = target["ResourceId"]
+        return status, headers, raw
+
     def serve(self) -> ThreadingHTTPServer:
         """Start answering on 127.0.0.1 (``url``); the caller shuts the server down."""
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self, urlparse(self.upstream)))
@@ -228,6 +249,10 @@ def _handler(gate: Gate, upstream: Any) -> type[BaseHTTPRequestHandler]:
                 except UnicodeDecodeError:
                     body = base64.b64encode(body)
                 self._reply(*self._forward(body))
+                return
+            if target.startswith("AnyScaleFrontendService."):
+                operation = target.split(".", 1)[1]
+                self._reply(*gate.autoscaling(operation, json.loads(body or b"{}"), lambda: self._forward(body)))
                 return
             if target in gate.answers:
                 with gate._lock:

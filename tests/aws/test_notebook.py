@@ -38,7 +38,8 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
     save_file({"stand_in": zeros(1)}, str(pretrained / "resnet18.safetensors"))
     sample = sorted((digits_data / "test" / "digit_5").glob("*.png"))[0]
     answer = seeding.Answers(model_dir).json(sample, top_k=5)
-    aws.queue_endpoint_results([answer])
+    aws.queue_endpoint_results([answer, answer])  # the real-time endpoint's query, then the serverless one's
+    aws.post("/moto-api/static/sagemaker/async-endpoint-results", json.dumps({"results": [{"data": answer}]}).encode())
     runs = tmp_path / "runs"
     env = {
         **os.environ,
@@ -54,6 +55,7 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
         "IC_NB_SAMPLE": str(sample),
         "IC_NB_CREATE_ENDPOINTS": "true",
         "IC_NB_OPTIONAL": "",
+        "IC_NB_HOSTING": "async,serverless",
     }
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
@@ -81,5 +83,8 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
     assert "status: completed" in outputs["train"] and "test_acc" in outputs["train"]
     assert "image/png" in json.dumps([c.get("outputs") for c in notebook.cells if (c.metadata.get("tags") or [""])[0] == "curves"])
     assert all(f"{e['probability']:.3f}  {e['label']}" in outputs["deploy"] for e in top), outputs["deploy"]
+    assert "async answer, read from s3://" in outputs["hosting"], outputs["hosting"]
+    assert "event=autoscaling" in outputs["hosting"] and "from_zero=HasBacklogWithoutCapacity" in outputs["hosting"]
+    assert outputs["hosting"].count(f"{top[0]['probability']:.3f}  {top[0]['label']}") == 2  # async, then serverless
     assert "event=cleanup_done" in outputs["cleanup"]
     assert not [c for c in notebook.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]

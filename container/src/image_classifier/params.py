@@ -92,8 +92,23 @@ DEFAULT_MAX_PAYLOAD_MB = 6
 DEFAULT_TIMEOUT_SECONDS = 60
 DEFAULT_TOP_K = 5
 SINGLE_MODEL_NAME = "model"
-MAX_IMAGE_PIXELS = 40_000_000  # larger declared sizes are refused before decoding
+MAX_IMAGE_PIXELS = 40_000_000  # larger declared sizes are refused before decoding (at the real-time payload limit)
+# Larger payloads (asynchronous endpoints): the limits follow SAGEMAKER_MAX_PAYLOAD_IN_MB up to a
+# ceiling measured with real large JPEG and PNG files (docs/serving.md#limits, local/bench/large_payload.py)
+REALTIME_MAX_PAYLOAD_MB = 6  # SageMaker's real-time limit; larger requests go to a worker alone, never batched
+MAX_PAYLOAD_CEILING_MB = 64  # the most SAGEMAKER_MAX_PAYLOAD_IN_MB may say: serve refuses to start above it
+PIXELS_PER_PAYLOAD_BYTE = 2  # the decode guard above the real-time limit: a photo's JPEG is < 1 byte a pixel, its PNG 2-3
+JVM_BASE_HEAP_MB = 512  # multi-model-server's heap at the real-time limit (a 16-request envelope of 6 MB each)
+JVM_HEAP_COPIES = 3  # copies of a large request MMS holds at once (netty's aggregate, the job's bytes, the frame to the worker)
 MAX_IMAGES_PER_REQUEST = 64
+
+# --- metrics (serving/metrics.py, docs/serving.md#metrics) ----------------------------------
+METRICS_ENV = "IMAGE_CLASSIFIER_METRICS"  # on (default) | off: no EMF lines, no /metrics
+METRICS_SAMPLE_ENV = "IMAGE_CLASSIFIER_METRICS_SAMPLE"  # fraction of requests whose latencies and sizes are recorded (counts: all)
+METRICS_NAMESPACE_ENV = "IMAGE_CLASSIFIER_METRICS_NAMESPACE"  # the CloudWatch namespace of the EMF lines
+DEFAULT_METRICS_NAMESPACE = "ImageClassifier"
+EMF_FLUSH_SECONDS = 10.0  # an EMF line per model at most this often (sooner when a metric holds EMF_MAX_VALUES)
+EMF_MAX_VALUES = 100  # values one EMF metric may carry (the format's limit)
 
 # --- script mode: the user's own code (docs/script-mode.md) ----------------------------------
 # Training: the SDK's entry_point/source_dir arrive as these hyperparameters; sagemaker-training runs them.

@@ -119,10 +119,17 @@ def response_options(
     return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities, explain, explain_class)
 
 
-def decode_image(data: bytes, what: str = "image", draft_size: int | None = None) -> Image.Image:
+def allow_pixels(max_pixels: int) -> None:
+    """Above the real-time limit the guard follows the payload limit (``ServingConfig.max_image_pixels``), past
+    Pillow's own bomb threshold (89 MP; it warns in ``Image.open``, before our check): raise Pillow's to twice
+    ours, so that ours refuses first, with its message, and Pillow's still stands behind it."""
+    Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 2 * max_pixels)
+
+
+def decode_image(data: bytes, what: str = "image", draft_size: int | None = None, max_pixels: int = params.MAX_IMAGE_PIXELS) -> Image.Image:
     """``draft_size``: a JPEG may decode at 1/2, 1/4 or 1/8 scale as long as both sides stay at least
     this large (libjpeg's DCT scaling; a 12 MP photo decodes in 13 ms instead of 124 ms), as the
-    trainer decodes (``data.loading.load_rgb``)."""
+    trainer decodes (``data.loading.load_rgb``). ``max_pixels``: the declared size refused before decoding."""
     if not data:
         raise RequestError(400, f"{what} is empty")
     try:
@@ -130,8 +137,8 @@ def decode_image(data: bytes, what: str = "image", draft_size: int | None = None
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
-            if width < 1 or height < 1 or width * height > params.MAX_IMAGE_PIXELS:
-                raise RequestError(400, f"{what} declares {width}x{height} pixels; at most {params.MAX_IMAGE_PIXELS} are accepted")
+            if width < 1 or height < 1 or width * height > max_pixels:
+                raise RequestError(400, f"{what} declares {width}x{height} pixels; at most {max_pixels} are accepted")
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
@@ -145,7 +152,11 @@ def decode_image(data: bytes, what: str = "image", draft_size: int | None = None
 
 
 def decode_request(
-    body: bytes, content_type: str | None, prepare: Callable[[Image.Image], Any] = lambda image: image, draft_size: int | None = None
+    body: bytes,
+    content_type: str | None,
+    prepare: Callable[[Image.Image], Any] = lambda image: image,
+    draft_size: int | None = None,
+    max_pixels: int = params.MAX_IMAGE_PIXELS,
 ) -> list:
     """One image for raw image bodies; one or many for JSON ``{"instances": [{"b64": ...}]}``.
 
@@ -154,7 +165,7 @@ def decode_request(
     """
     kind = media_type(content_type)
     if kind in IMAGE_TYPES:
-        return [prepare(decode_image(body, draft_size=draft_size))]
+        return [prepare(decode_image(body, draft_size=draft_size, max_pixels=max_pixels))]
     if kind != JSON_TYPE:
         raise RequestError(
             415, f"unsupported content type {content_type!r}; use image/jpeg, image/png, application/x-image or application/json"
@@ -179,7 +190,7 @@ def decode_request(
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
-        images.append(prepare(decode_image(raw, f"instances[{i}]", draft_size)))
+        images.append(prepare(decode_image(raw, f"instances[{i}]", draft_size, max_pixels)))
     return images
 
 

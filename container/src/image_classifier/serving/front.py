@@ -6,6 +6,11 @@ front owns those, refuses bad requests cheaply (size, content type, accept) befo
 sees them, turns every error into JSON ``{"error": ...}`` with a real status, and speaks
 SageMaker's multi-model protocol by translating it to MMS's management API.
 
+Large requests (above the real-time 6 MB, up to ``SAGEMAKER_MAX_PAYLOAD_IN_MB``: asynchronous endpoints)
+are never batched: each goes to a worker alone, and at most one per worker is read and in flight at
+once (the rest wait unread), so the memory they take is bounded by the workers, not by the callers.
+The front also counts what it answers (``metrics``): EMF lines and ``GET /metrics``.
+
 A model with its own inference code (``user_code``) takes another route: its own content types pass
 through, one request at a time (its functions see one request each), never retried (its code may
 have side effects); the size limit, /ping and JSON errors stay the front's.
@@ -14,6 +19,7 @@ have side effects); the size limit, /ping and JSON errors stay the front's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -37,11 +43,14 @@ from image_classifier.serving.codec import (
     response_options,
 )
 from image_classifier.serving.config import ServingConfig
+from image_classifier.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from image_classifier.serving.metrics import OTHER_MODEL, Metrics
 from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
 from image_classifier.serving.timing import WORKER_HEADER, front_stages, now_ms, parse_worker_header, server_timing
 from image_classifier.serving.user_code import prepare
 
 log = logging.getLogger(__name__)
+MODEL_KEY, STAGES_KEY, BYTES_KEY = "ic_model", "ic_stages", "ic_bytes"  # what the metrics read off a request
 FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
 
 
@@ -69,6 +78,9 @@ class Front:
         self._ping_cache: tuple[float, bool] = (0.0, False)
         self.batchers: dict[str, Batcher] = {}
         self.user_code: set[str] = set()  # models served by their own inference code
+        self.loaded: set[str] = set()  # models registered with MMS: the only names that become metric labels
+        self.metrics = Metrics(config) if config.metrics else None
+        self.large_slots = asyncio.Semaphore(config.workers)  # large requests read and in flight at once
 
     # --- plumbing ------------------------------------------------------------------------
     async def start_session(self, _app=None) -> None:
@@ -76,9 +88,21 @@ class Front:
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_seconds + 5)
         self.session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 
+        if self.metrics is not None:
+            self.metrics.start()
+
     async def close_session(self, _app=None) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.metrics is not None:
+            await self.metrics.stop()
+
+    def model_loaded(self, name: str, seconds: float) -> None:
+        """Registration returned: the model is loaded and warmed up in its workers, ``seconds`` after it was asked."""
+        self.loaded.add(name)
+        log.info("event=model_load_time model=%s seconds=%.2f", name, seconds)
+        if self.metrics is not None:
+            self.metrics.model_loaded(name, seconds)
 
     def mms(self, path: str, management: bool = False) -> str:
         port = self.config.mms_management_port if management else self.config.mms_port
@@ -92,6 +116,7 @@ class Front:
             [
                 web.get("/ping", self.ping),
                 web.get("/execution-parameters", self.execution_parameters),
+                web.get("/metrics", self.metrics_text),
                 web.post("/invocations", self.invocations),
                 web.get("/models", self.list_models),
                 web.post("/models", self.load_model),
@@ -104,6 +129,14 @@ class Front:
 
     @web.middleware
     async def errors_as_json(self, request: web.Request, handler):
+        response = await self._answer(request, handler)
+        if self.metrics is not None and MODEL_KEY in request:  # an inference request, answered
+            model = request[MODEL_KEY] if request[MODEL_KEY] in self.loaded else OTHER_MODEL
+            size = request.get(BYTES_KEY, request.content_length)
+            self.metrics.observe(model, response.status, request.get(STAGES_KEY), size)
+        return response
+
+    async def _answer(self, request: web.Request, handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -159,6 +192,12 @@ class Front:
             }
         )
 
+    async def metrics_text(self, _request: web.Request) -> web.Response:
+        """The same numbers as the EMF lines, as Prometheus text (for a local scraper; SageMaker never calls it)."""
+        if self.metrics is None:
+            return json_error(404, f"metrics are off ({params.METRICS_ENV}=off)")
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     # --- inference -------------------------------------------------------------------------
     async def invocations(self, request: web.Request) -> web.Response:
         if self.config.multi_model:
@@ -169,19 +208,28 @@ class Front:
         return await self._predict(request, _text(request.match_info["name"], "model name"))
 
     async def _predict(self, request: web.Request, model: str) -> web.Response:
+        request[MODEL_KEY] = model
         if model in self.user_code:
             return await self._predict_user_code(request, model)
         started = now_ms()
         self._check_request(request)
-        body = await request.read()
-        if not body:
-            raise RequestError(400, "request body is empty")
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        if self.config.batch_size > 1 and not self._explained(request):
-            answer = await self._batcher(model).submit(headers, body)
-        else:
-            answer = await self._forward(model, body, headers)
-        return self._reply(model, answer, started)
+        large = self._large(request)
+        async with self.large_slots if large else contextlib.nullcontext():
+            body = await request.read()
+            request[BYTES_KEY] = len(body)
+            if not body:
+                raise RequestError(400, "request body is empty")
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            if self.config.batch_size > 1 and not large and not self._explained(request):
+                answer = await self._batcher(model).submit(headers, body)
+            else:
+                answer = await self._forward(model, body, headers)
+        return self._reply(request, model, answer, started)
+
+    def _large(self, request: web.Request) -> bool:
+        """Above the real-time limit, or of unknown length (chunked): goes alone, one per worker at a time."""
+        length = request.content_length
+        return length is None or length > self.config.batch_part_bytes
 
     def _explained(self, request: web.Request) -> bool:
         """An explained request goes to a worker alone: its seconds of gradients must not hold up a batch of
@@ -189,10 +237,11 @@ class Front:
         attributes = parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER))
         return explain_option(attributes, self.config.explain)[0] is not None
 
-    def _reply(self, model: str, answer: Answer, started: float) -> web.Response:
-        """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py)."""
+    def _reply(self, request: web.Request, model: str, answer: Answer, started: float) -> web.Response:
+        """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py), kept for the metrics."""
         if answer.status == 200:
             stages = front_stages(now_ms() - started, answer.queued_ms, answer.round_trip_ms, answer.worker_timing)
+            request[STAGES_KEY] = stages
             return web.Response(
                 body=answer.body, status=200, headers={"Content-Type": answer.content_type, "Server-Timing": server_timing(stages)}
             )
@@ -206,11 +255,14 @@ class Front:
         self._check_size(request)
         if explain_option(parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER)))[0]:
             raise RequestError(400, USER_CODE_NOT_EXPLAINED)
-        body = await request.read()
-        if not body:
-            raise RequestError(400, "request body is empty")
-        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-        return self._reply(model, await self._forward(model, body, headers, attempts=1), started)
+        async with self.large_slots if self._large(request) else contextlib.nullcontext():
+            body = await request.read()
+            request[BYTES_KEY] = len(body)
+            if not body:
+                raise RequestError(400, "request body is empty")
+            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            answer = await self._forward(model, body, headers, attempts=1)
+        return self._reply(request, model, answer, started)
 
     async def _forward(self, model: str, body: bytes, headers: dict[str, str], attempts: int = 2) -> Answer:
         """POST to MMS; a 5xx is retried once, after 0.1 s.
@@ -295,12 +347,14 @@ class Front:
         if code is not None and self.config.explain:
             return json_error(400, f"model {name!r} could not be loaded: {params.EXPLAIN_ENV} is set and {USER_CODE_NOT_EXPLAINED}")
         entry = link_into_store(self.model_store, name, url)
+        asked = time.monotonic()
         async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
             payload = await response.read()
             if response.status == 200:
                 self.user_code.discard(name)
                 if code is not None:
                     self.user_code.add(name)
+                self.model_loaded(name, time.monotonic() - asked)
                 log.info("event=model_registered name=%s user_code=%s", name, str(code is not None).lower())
                 return web.json_response({"status": f"model {name!r} loaded"})
             message = error_message(payload, "model could not be loaded")
@@ -335,5 +389,6 @@ class Front:
             if response.status != 200:
                 return json_error(500, error_message(await response.read(), "unload failed"))
         self.user_code.discard(name)
+        self.loaded.discard(name)
         log.info("event=model_unregistered name=%s", name)
         return web.json_response({"status": f"model {name!r} unloaded"})

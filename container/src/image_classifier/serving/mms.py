@@ -23,9 +23,13 @@ from image_classifier.serving.config import ServingConfig
 
 log = logging.getLogger(__name__)
 HANDLER = "image_classifier.serving.handler_service:handle"
-# A fixed heap (-Xms = -Xmx), every page touched at start: Java's RSS is the same after a million
-# requests as after the first, so memory growth under load can be asserted (tests/contract/test_serve_load.py)
-JVM_HEAP = "-Xms512m -Xmx512m -XX:+AlwaysPreTouch"
+
+
+def jvm_heap(config: ServingConfig) -> str:
+    """A fixed heap (-Xms = -Xmx), every page touched at start: Java's RSS is the same after a million
+    requests as after the first, so memory growth under load can be asserted (tests/contract/test_serve_load.py).
+    Its size follows the payload limit (``ServingConfig.jvm_heap_mb``)."""
+    return f"-Xms{config.jvm_heap_mb}m -Xmx{config.jvm_heap_mb}m -XX:+AlwaysPreTouch"
 
 
 # Everything to stdout (CloudWatch reads it), MMS at INFO; its per-request access and metric
@@ -60,14 +64,14 @@ def mms_properties(config: ServingConfig, workdir: Path) -> dict[str, str]:
         "default_workers_per_model": str(config.workers),
         "decode_input_request": "false",
         "job_queue_size": "1000",
-        # the front enforces SAGEMAKER_MAX_PAYLOAD_IN_MB with a JSON 413; MMS must not cut in first,
-        # and a batch envelope from the front holds up to batch_size requests
-        "max_request_size": str(config.max_payload_bytes * config.batch_size + 1024 * 1024),
+        # the front enforces SAGEMAKER_MAX_PAYLOAD_IN_MB with a JSON 413; MMS must not cut in first: a lone
+        # request at the limit, or an envelope of batch_size requests of up to the real-time limit each
+        "max_request_size": str(config.max_request_bytes),
         "max_response_size": str(64 * 1024 * 1024),
         "default_response_timeout": str(config.timeout_seconds),
         "unregister_model_timeout": str(config.timeout_seconds),
         "preload_model": "false",
-        "vmargs": f"{JVM_HEAP} -XX:+UseContainerSupport -XX:-UseLargePages -Dlog4j2.formatMsgNoLookups=true",
+        "vmargs": f"{jvm_heap(config)} -XX:+UseContainerSupport -XX:-UseLargePages -Dlog4j2.formatMsgNoLookups=true",
     }
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import aiohttp
@@ -54,6 +55,7 @@ async def register_single_model(front: Front, config: ServingConfig) -> None:
     entry = link_into_store(front.model_store, params.SINGLE_MODEL_NAME, str(config.model_dir))
     query = register_query(config, params.SINGLE_MODEL_NAME, entry)
     timeout = aiohttp.ClientTimeout(total=max(300, config.timeout_seconds))
+    asked = time.monotonic()
     async with front.session.post(front.mms(f"/models?{query}", management=True), timeout=timeout) as response:
         if response.status != 200:
             hint = " (its own code failed: see event=user_code_failed above)" if params.SINGLE_MODEL_NAME in front.user_code else ""
@@ -61,6 +63,7 @@ async def register_single_model(front: Front, config: ServingConfig) -> None:
                 f"the model failed to load in multi-model-server: {error_message(await response.read(), response.reason or '')}{hint}"
             )
     front.loaded_ok = True
+    front.model_loaded(params.SINGLE_MODEL_NAME, time.monotonic() - asked)
     log.info("event=ready port=%d workers=%d batch_size=%d", config.port, config.workers, config.batch_size)
 
 

@@ -22,6 +22,7 @@ from image_classifier.serving.codec import (
     JSON_TYPE,
     RequestError,
     ResponseOptions,
+    allow_pixels,
     decode_request,
     encode_predictions,
     error_body,
@@ -29,6 +30,7 @@ from image_classifier.serving.codec import (
     media_type,
     response_options,
 )
+from image_classifier.serving.config import max_image_pixels, max_payload_mb
 from image_classifier.serving.explain import resolve_target
 from image_classifier.serving.model import LoadedModel
 from image_classifier.serving.timing import WORKER_HEADER, now_ms, stopwatch, timed, worker_header
@@ -59,12 +61,15 @@ class BatchTransformer:
     def __init__(self) -> None:
         self.model: LoadedModel | None = None
         self.default_explain: str | None = None  # IMAGE_CLASSIFIER_EXPLAIN: every request explained (batch transform)
+        self.max_pixels = params.MAX_IMAGE_PIXELS  # the decode guard: follows SAGEMAKER_MAX_PAYLOAD_IN_MB
 
     def validate_and_initialize(self, model_dir: str | None = None, context=None) -> None:
         if self.model is None:
             threads = int(os.environ.get(params.THREADS_ENV, "0")) or None
             self.model = LoadedModel(Path(model_dir or "."), threads)
             self.default_explain, _ = explain_option({}, os.environ.get(params.EXPLAIN_ENV))
+            self.max_pixels = max_image_pixels(max_payload_mb(os.environ))
+            allow_pixels(self.max_pixels)
             if self.default_explain:  # warm-up: Captum imported, Grad-CAM's layer found, before the first record
                 size = self.model.card.preprocessing.input_size
                 self.model.explain(self.default_explain, [self.model.prepare(Image.new("RGB", (size, size)))], [0])
@@ -127,7 +132,7 @@ class BatchTransformer:
                 target = self._check_explain(options)
                 with stopwatch(timing, "decode"):
                     prepare = timed(self.model.prepare, timing, "preprocess")
-                    decoded = decode_request(body, headers.get("content-type"), prepare, self.model.draft_size)
+                    decoded = decode_request(body, headers.get("content-type"), prepare, self.model.draft_size, self.max_pixels)
                 timing["decode"] -= timing.get("preprocess", 0.0)
                 if options.explain and len(decoded) > params.MAX_EXPLAINED_IMAGES:
                     raise RequestError(
