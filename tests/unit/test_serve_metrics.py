@@ -104,6 +104,19 @@ def test_a_full_metric_asks_for_a_drain():
     assert all(emf_format.problems(line) == [] for line in buffer.drain(1))
 
 
+def test_values_that_arrive_before_the_drain_runs_go_into_further_events():
+    buffer = EmfBuffer("N", max_values=100)
+    for i in range(250):  # a burst: the drain asked for at the 100th request runs after the 250th
+        buffer.add("m", 200, {"Latency": float(i), "BatchSize": 8.0} if i % 2 else {"Latency": float(i)})
+    lines = buffer.drain(1)
+    assert all(emf_format.problems(line) == [] for line in lines), [emf_format.problems(line) for line in lines]
+    documents = [json.loads(line) for line in lines]
+    assert [len(d["Latency"]) for d in documents] == [100, 100, 50]
+    assert [value for d in documents for value in d["Latency"]] == [float(i) for i in range(250)]
+    assert sum(len(d.get("BatchSize", [])) for d in documents) == 125
+    assert [d.get("Requests") for d in documents] == [250, None, None]  # counted once
+
+
 def test_prometheus_text_counts_what_the_front_answered():
     written: list[list[str]] = []
     metrics = Metrics(_config(), write=written.append)

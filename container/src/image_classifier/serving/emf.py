@@ -82,13 +82,26 @@ class EmfBuffer:
     def model_loaded(self, model: str, seconds: float) -> None:
         self.loads.append((model, round(seconds, 3)))
 
+    def _chunks(self, kept: Mapping[str, list[float]]) -> list[dict[str, float | list[float]]]:
+        """The values in events of at most ``max_values`` per metric (EMF's limit: a longer array loses the event).
+
+        ``add`` asks for a drain when a metric is full, but requests keep arriving until it runs.
+        """
+        longest = max((len(v) for v in kept.values()), default=0)
+        step = self.max_values
+        chunks: list[dict[str, float | list[float]]] = [
+            {name: v[start : start + step] for name, v in kept.items() if v[start : start + step]} for start in range(0, longest, step)
+        ]
+        return chunks or [{}]
+
     def drain(self, timestamp_ms: int) -> list[str]:
         """The lines of everything gathered since the last drain (none when nothing happened)."""
         lines = []
         for model, count in self.requests.items():
-            values: dict[str, float | list[float]] = {name: v for name, v in self.values.get(model, {}).items() if v}
-            values["Requests"] = count
-            lines.append(document(self.namespace, {MODEL_DIMENSION: model}, values, timestamp_ms))
+            for i, values in enumerate(self._chunks(self.values.get(model, {}))):
+                if i == 0:
+                    values["Requests"] = count
+                lines.append(document(self.namespace, {MODEL_DIMENSION: model}, values, timestamp_ms))
             for status, errors in sorted(self.errors.get(model, {}).items()):
                 dimensions = {MODEL_DIMENSION: model, STATUS_DIMENSION: str(status)}
                 lines.append(document(self.namespace, dimensions, {"Errors": errors}, timestamp_ms))
