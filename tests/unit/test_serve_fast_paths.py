@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -204,3 +205,22 @@ def test_a_card_without_a_temperature_serves_the_plain_softmax(tiny_artifact):
     image = model.prepare(Image.new("RGB", (40, 30), (20, 200, 10)))
     expected = model.runner(model._batch([image])).softmax(dim=1)[0].tolist()
     assert model.predict_tensors([image])[0] == pytest.approx(expected, abs=1e-7)
+
+
+def test_the_deciding_pair_is_timed_alternately_and_the_best_of_each_kept():
+    calls: list[str] = []
+    slow_first = iter([0.02, 0.0, 0.0])  # a burst of load hits "a" on its first call only
+
+    def a(x):
+        calls.append("a")
+        time.sleep(next(slow_first))
+        return x
+
+    def b(x):
+        calls.append("b")
+        time.sleep(0.005)
+        return x
+
+    a_ms, b_ms = fast_paths.time_pair_ms(a, b, _batch(1), rounds=3)
+    assert calls == ["a", "b"] * 3
+    assert a_ms < 5 <= b_ms < 20  # the burst did not decide: a's best is a quiet call
