@@ -82,17 +82,8 @@ def build(model: nn.Module, precision: str, graph: str, example: torch.Tensor) -
 @torch.inference_mode()
 def time_ms(runner: Runner, example: torch.Tensor, runs: int = TIMED_RUNS) -> float:
     """Best of ``runs`` after ``WARMUP_RUNS`` calls: the least noisy estimate on a shared machine."""
-    timings = []
-    for i in range(runs + WARMUP_RUNS):
-        if example.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        runner(example)
-        if example.is_cuda:
-            torch.cuda.synchronize()
-        if i >= WARMUP_RUNS:
-            timings.append((time.perf_counter() - start) * 1000)
-    return min(timings)
+    timings = [_call_ms(runner, example) for _ in range(runs + WARMUP_RUNS)]
+    return min(timings[WARMUP_RUNS:])
 
 
 @torch.inference_mode()
@@ -102,14 +93,19 @@ def time_pair_ms(first: Runner, second: Runner, example: torch.Tensor, rounds: i
     best = [float("inf"), float("inf")]
     for _ in range(rounds):
         for i, runner in enumerate((first, second)):
-            if example.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            runner(example)
-            if example.is_cuda:
-                torch.cuda.synchronize()
-            best[i] = min(best[i], (time.perf_counter() - start) * 1000)
+            best[i] = min(best[i], _call_ms(runner, example))
     return best[0], best[1]
+
+
+def _call_ms(runner: Runner, example: torch.Tensor) -> float:
+    """One call's wall time, the GPU's queue drained before and after."""
+    if example.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    runner(example)
+    if example.is_cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
 
 
 @torch.inference_mode()
