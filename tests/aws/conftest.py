@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.aws.gate import Gate
 from tests.helpers import VENV_BIN, free_port
 
 REGION = "us-east-1"
@@ -139,6 +140,17 @@ def aws(emulator, monkeypatch) -> Emulator:
     emulator.post("/moto-api/recorder/reset-recording")
     emulator.post("/moto-api/recorder/start-recording")
     return emulator
+
+
+@pytest.fixture
+def gate(aws, monkeypatch) -> Iterator[Gate]:
+    """The emulator behind the gate (tests/aws/gate.py: every request checked on its way); this process
+    and its children, given the environment, talk to the gate."""
+    gate = Gate(aws.url)
+    server = gate.serve()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)
+    yield gate
+    server.shutdown()
 
 
 def push_image(tag: str, repository: str = REPOSITORY) -> str:

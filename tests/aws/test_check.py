@@ -17,19 +17,9 @@ from deploy import pipeline, preflight
 from deploy.config import load_config
 from tests.aws import recorded
 from tests.aws.conftest import BUCKET, REGION, ROLE
-from tests.aws.gate import Gate
 
 GOOD = ["--region", REGION, "--role-arn", ROLE, "--bucket", BUCKET]
 SPOT_G5 = "ml.g5.xlarge for spot training job usage"
-
-
-@pytest.fixture
-def gate(aws, monkeypatch):
-    gate = Gate(aws.url)
-    server = gate.serve()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)
-    yield gate
-    server.shutdown()
 
 
 @pytest.fixture

@@ -39,15 +39,6 @@ ALL_TRAFFIC = "endpoint/{}/variant/AllTraffic"
 
 
 @pytest.fixture
-def gate(aws, monkeypatch):
-    gate = Gate(aws.url)
-    server = gate.serve()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)
-    yield gate
-    server.shutdown()
-
-
-@pytest.fixture
 def sample(tmp_path):
     path = tmp_path / "cat.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n the emulator never decodes it")

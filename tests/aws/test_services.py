@@ -27,15 +27,6 @@ DEBUGGER_CLOSED = "SageMaker Debugger is no longer available to new customers."
 CLARIFY_CLOSED = "SageMaker Clarify is not available for this account."
 
 
-@pytest.fixture
-def gate(aws, monkeypatch):
-    gate = Gate(aws.url)
-    server = gate.serve()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)
-    yield gate
-    server.shutdown()
-
-
 def _context(tmp_path, **overrides):
     cfg = load_config(
         overrides={"region": REGION, "role_arn": ROLE, "bucket": BUCKET, "runs_dir": str(tmp_path), "stream_logs": False, **overrides},

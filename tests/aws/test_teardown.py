@@ -29,16 +29,6 @@ GOOD = ["--region", REGION, "--role-arn", ROLE, "--bucket", BUCKET]
 MODEL_DATA = f"s3://{BUCKET}/seed/model.tar.gz"
 
 
-@pytest.fixture
-def gate(aws, monkeypatch):
-    """The emulator behind the gate; this process (and its children, given the env) talk to the gate."""
-    gate = Gate(aws.url)
-    server = gate.serve()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", gate.url)
-    yield gate
-    server.shutdown()
-
-
 def _seed_run(runs, run_id: str) -> None:
     """A run whose data and final model exist: what the steps before deploy and train leave."""
     channels = {c: f"s3://{BUCKET}/data/{c}/" for c in ("train", "validation", "test")}
