@@ -81,11 +81,17 @@ def step_query(ctx: Context) -> None:
     endpoint = ctx.need("endpoint", "deploy")
     if ctx.dry_run:
         return
-    body, name = sample_bytes(ctx)
+    query_sample(ctx, endpoint, "query")
+
+
+def query_sample(ctx: Context, endpoint: str, result: str, kind: str | None = None) -> None:
+    """Send one test image to a real-time or serverless ``endpoint``, keep the answer as ``results[result]``, print its top-5."""
+    body, sample = sample_bytes(ctx)
     answer = sdk.predictor(endpoint, ctx.sagemaker).predict(sdk.image_payload(body), initial_args={"CustomAttributes": "top_k=5"})
-    ctx.state.results["query"] = {"sample": name, "answer": answer}
+    ctx.state.results[result] = {"sample": sample, "answer": answer}
     ctx.save()
-    ctx.say(f"event=prediction endpoint={endpoint} sample={name} label={answer['predictions'][0]['label']}")
+    kind_field = f" kind={kind}" if kind else ""
+    ctx.say(f"event=prediction endpoint={endpoint}{kind_field} sample={sample} label={answer['predictions'][0]['label']}")
     print_top(ctx, answer)
 
 

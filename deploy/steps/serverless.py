@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from deploy import hosting_options, sdk
 from deploy.context import Context, StepError
-from deploy.steps.hosting import confirm, print_top, sample_bytes, wait_in_service
+from deploy.steps.hosting import confirm, query_sample, wait_in_service
 from deploy.tags import tag_list
 
 
@@ -50,12 +50,7 @@ def step_serverless(ctx: Context) -> None:
     )
     if ctx.dry_run:
         return
-    body, sample = sample_bytes(ctx)
-    answer = sdk.predictor(name, ctx.sagemaker).predict(sdk.image_payload(body), initial_args={"CustomAttributes": "top_k=5"})
-    ctx.state.results["serverless"] = {"sample": sample, "answer": answer}
-    ctx.save()
-    ctx.say(f"event=prediction endpoint={name} kind=serverless sample={sample} label={answer['predictions'][0]['label']}")
-    print_top(ctx, answer)
+    query_sample(ctx, name, "serverless", kind="serverless")
 
 
 def image_size(ctx: Context, image_uri: str) -> int | None:
