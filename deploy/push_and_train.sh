@@ -98,8 +98,10 @@ if ((!dry_run)); then
   say "pushing $target"
   "$DOCKER" tag "$local_image" "$target"
   "$DOCKER" push "$target"
-  digest=$("$DOCKER" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$target" | grep -F "${target%:*}@" | head -n 1) \
-    || die "docker reported no digest for $target"
+  # awk reads to the end (no early exit): a reader that stops early kills the writer with SIGPIPE under pipefail
+  digest=$("$DOCKER" image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' "$target" \
+    | awk -v repo="${target%:*}@" 'index($0, repo) == 1 && !found { print; found = 1 }')
+  [[ -n "$digest" ]] || die "docker reported no digest for $target"
   say "pushed $digest"
   args+=(--set "image_uri=$digest")
 fi

@@ -13,7 +13,9 @@ esac
 image="${1:-}"
 url="${2:-http://127.0.0.1:8080}"
 if [[ -z "$image" ]]; then
-  image="$(find "$here/opt_ml/input/data/test" -type f \( -name '*.png' -o -name '*.jpg' \) 2>/dev/null | sort | head -n 1)"
+  # the first in sorted order; sed reads every line (head would stop early, and under pipefail the
+  # writer's SIGPIPE would end the script with status 141 once the list outgrows a pipe buffer)
+  image="$(find "$here/opt_ml/input/data/test" -type f \( -name '*.png' -o -name '*.jpg' \) 2>/dev/null | sort | sed -n 1p)"
 fi
 if [[ -z "$image" || ! -f "$image" ]]; then
   echo "no image given and none found under $here/opt_ml/input/data/test (run: make local-data)" >&2

@@ -1,9 +1,11 @@
 """Faults under load: a model worker killed with SIGKILL (what the kernel's OOM killer does).
 
 multi-model-server notices, starts a replacement that loads and warms up the model, and serving
-goes on. Asserted: a new worker is READY within 10 s, no answer after that is a 5xx, ``/ping``
-stays 200 throughout (the other worker never stopped serving), the front never exits, and no
-process of the dead worker is left behind.
+goes on. Asserted: a new worker becomes READY (the time it took is reported in ``FIGURES``, a few
+seconds here; asserted only within a bound a busy machine cannot reach by chance), no answer is a
+5xx, at least ``ANSWERS_AFTER`` answers after the recovery are all 200 (a count of answers, not a
+window of time: throughput is a benchmark's business), ``/ping`` stays 200 throughout (the other
+worker never stopped serving), the front never exits, and no process of the dead worker is left behind.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from tests.contract.test_serve_load import payloads
 from tests.helpers import ServeProcess
 from tests.reliability import FIGURES, mms_workers, model_workers, server_processes
 
-RECOVERY_SECONDS = 10.0
+RECOVERY_SECONDS = 45.0  # MMS restarts the worker at once and the digits model loads in ~2 s: only a hang gets near
+ANSWERS_AFTER = 40  # answers from the replacement and the survivor after the recovery
 
 
 class Traffic(threading.Thread):
@@ -88,7 +91,9 @@ def test_sigkill_of_a_worker_under_load(digits_job, digits_data, tmp_path):
                 break
             time.sleep(0.1)
         assert recovered_at is not None, (mms_workers(proc), proc.log()[-3000:])
-        time.sleep(5)  # keep the load on the replacement and the survivor
+        deadline = time.monotonic() + 120  # keep the load on the replacement and the survivor for a number of answers
+        while sum(a[0] > recovered_at for a in traffic.answers) < ANSWERS_AFTER and time.monotonic() < deadline:
+            time.sleep(0.1)
         traffic.stopped.set()
         traffic.join(timeout=60)
 
@@ -106,7 +111,7 @@ def test_sigkill_of_a_worker_under_load(digits_job, digits_data, tmp_path):
         }
         assert recovery <= RECOVERY_SECONDS, FIGURES["worker_kill"]
         assert errors_after == [], errors_after[:5]
-        assert len(after) > 20 and all(status == 200 for _, status, _ in after)
+        assert len(after) >= ANSWERS_AFTER and all(status == 200 for _, status, _ in after)
         assert errors_during == [], errors_during[:5]  # the front retries what a dying worker dropped
         assert all(status == 200 for _, status in traffic.pings), [p for p in traffic.pings if p[1] != 200][:5]
         assert proc.process.poll() is None

@@ -86,9 +86,8 @@ def test_a_request_at_the_ceiling_is_answered_alone_and_one_above_it_refused_unr
             + f"Content-Length: {CEILING_BYTES + 1}\r\n\r\n".encode()
             + b"\x89PNG\r\n\x1a\n"  # the rest never comes
         )
-        status, body, seconds = _read_response(sock, timeout=10)
+        status, body = _read_response(sock, timeout=30)  # the body never completes: a server waiting for it never answers
     assert status == 413 and f"{params.MAX_PAYLOAD_CEILING_MB} MB" in body["error"]
-    assert seconds < 2
 
 
 def test_metrics_count_the_traffic_two_workers_served(server, sample_images):
@@ -118,11 +117,12 @@ def test_metrics_count_the_traffic_two_workers_served(server, sample_images):
     workers = set(WORKER.findall(server.log()[log_start:]))
     assert len(workers) == 2, workers  # both workers served this traffic
 
-    # a metric that holds 100 values has its EMF line written at once, not at the next 10 s flush
+    # a metric that holds 100 values has its own EMF line (that it asks for a drain at once, not at the next
+    # 10 s flush, is judged without a clock in tests/unit/test_serve_metrics.py)
     def full(document: dict) -> bool:
         return max((len(v) for v in document.values() if isinstance(v, list)), default=0) == params.EMF_MAX_VALUES
 
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while not [d for d in emf_format.documents(server.log()) if full(d)]:
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.1)

@@ -143,9 +143,11 @@ def _json_tail(output: str) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "gpu-results")
+    parser.add_argument("--sections", default=",".join(LIMITS), help=f"comma-separated, of {', '.join(LIMITS)}")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     sections = {"host": host, "tests": lambda: tests(args.out), "fine_tune": fine_tune, "serve": lambda: serve(args.out), "bench": bench}
+    sections = {name: run for name, run in sections.items() if name in args.sections.split(",")}
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "python": sys.executable}
     for name, section in sections.items():
         started = time.monotonic()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks in one script, for the first machine with an NVIDIA GPU this project meets:
-#   tests/gpu/run.sh [OUT_DIR]          # from the repository root; figures in OUT_DIR/gpu.json (default gpu-results/)
+#   tests/gpu/run.sh [OUT_DIR [--sections host,tests,...]]   # from the repository root; figures in OUT_DIR/gpu.json (default gpu-results/)
 #
 # No Docker needed. Python: the repository's .venv (make venv), else a new .venv-gpu on top of this
 # machine's python3 with the locks installed, or, offline, with its own torch and the missing
@@ -20,14 +20,19 @@ if ! { [[ -x $python ]] && $python -c 'import torch, image_classifier' 2>/dev/nu
   # offline (no PyPI), the packages the machine lacks come as wheels from .whl/
   python=.venv-gpu/bin/python
   [[ -x $python ]] || python3 -m venv --system-site-packages .venv-gpu || exit 1
+  if ! $python -c 'import torch' 2>/dev/null && python3 -c 'import torch' 2>/dev/null; then
+    # python3 is itself a virtual environment (its packages are not the "system" ones): see them through a .pth
+    python3 -c 'import site; print("\n".join(site.getsitepackages()))' >"$($python -c 'import site; print(site.getsitepackages()[0])')/host-python.pth"
+  fi
   if ! timeout 900 $python -m pip install -q --retries 1 --timeout 15 -r docker/requirements.lock -r tests/requirements.lock >"$out/pip.log" 2>&1; then
     echo "the locks could not be installed (offline?): using this machine's packages and .whl/ (see $out/pip.log)" >&2
     if compgen -G ".whl/*.whl" >/dev/null; then
       $python -m pip install -q --no-index --no-deps --no-compile .whl/*.whl >>"$out/pip.log" 2>&1 || exit 1
     fi
   fi
-  $python -m pip install -q --no-deps --no-build-isolation -e container/ >>"$out/pip.log" 2>&1 || exit 1
+  # (offline, with a setuptools the editable install refuses, PYTHONPATH=container/src does the same)
+  $python -m pip install -q --no-deps --no-build-isolation -e container/ >>"$out/pip.log" 2>&1 || $python -c 'import image_classifier' || exit 1
 fi
 PATH="$(dirname "$python"):$PATH"
 export PATH
-exec "$python" -m tests.gpu.device_check --out "$out"
+exec "$python" -m tests.gpu.device_check --out "$out" "${@:2}"

@@ -14,7 +14,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_amp_channels_last_torchrun_nccl(tmp_path, digits_data):
-    write_job(tmp_path, digits_data, {**DIGITS_HPS, "amp": "auto", "channels_last": "true"})
+    # 8 epochs, not the CPU tests' 3: three reach ~0.70 on any device (0.705 on an H200, 0.69 on the CPU), eight ~0.95
+    write_job(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "8", "amp": "auto", "channels_last": "true"})
     command = [
         sys.executable,
         "-m",
@@ -27,7 +28,7 @@ def test_amp_channels_last_torchrun_nccl(tmp_path, digits_data):
     result = subprocess.run(command, env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "device=cuda:0" in result.stdout and "world_size=1" in result.stdout
-    assert read_json(tmp_path / "output" / "data" / "metrics.json")["final"]["test_acc"] > 0.8
+    assert read_json(tmp_path / "output" / "data" / "metrics.json")["final"]["test_acc"] > 0.85
 
 
 def test_adamw_is_fused_on_cuda():

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -70,3 +73,44 @@ def test_pytorch_model_packs_the_code_where_serve_looks_for_it(tmp_path):
         archive.extractall(tmp_path / "extracted", filter="data")
     found = user_code.find(tmp_path / "extracted", environment)
     assert environment[params.USER_PROGRAM_ENV] == "inference.py" and found is not None and found.has_model_fn
+
+
+def _python(tmp_path, code: str, error_file, *extra_path) -> subprocess.CompletedProcess:
+    from image_classifier.training.script_runner import HOOK_DIR
+
+    env = {
+        **os.environ,
+        params.SCRIPT_ERROR_FILE_ENV: str(error_file),
+        "PYTHONPATH": os.pathsep.join([str(HOOK_DIR), *map(str, extra_path)]),
+    }
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+
+
+def test_the_scripts_exception_is_recorded_on_one_line_and_its_traceback_still_printed(tmp_path):
+    error_file = tmp_path / "exception"
+    result = _python(tmp_path, "import json\nraise json.JSONDecodeError('bad\\n  input', 'xy', 1)", error_file)
+    assert result.returncode == 1 and "Traceback (most recent call last)" in result.stderr
+    assert error_file.read_text() == "json.decoder.JSONDecodeError: bad input: line 1 column 2 (char 1)"
+    again = _python(tmp_path, "raise ValueError('a second failing rank')", error_file)
+    assert again.returncode == 1 and "a second failing rank" in again.stderr
+    assert error_file.read_text().startswith("json.decoder.JSONDecodeError")  # the first failure is the one kept
+
+
+def test_a_users_own_sitecustomize_still_runs(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.USERS_SITECUSTOMIZE = True\n")
+    result = _python(tmp_path, "import builtins\nprint(builtins.USERS_SITECUSTOMIZE)\nraise KeyError('x')", tmp_path / "e", theirs)
+    assert result.stdout.strip() == "True" and (tmp_path / "e").read_text() == "KeyError: 'x'"
+
+
+def test_the_failure_message_leads_with_the_recorded_exception(tmp_path):
+    from sagemaker_training import errors
+
+    from image_classifier.training.script_runner import with_recorded_exception
+
+    cut = errors.ExecuteUserScriptError(cmd="python train.py", return_code=1, output="raise ValueError(x)\n ValueError\n asked to fail")
+    (tmp_path / "exception").write_text("ValueError: asked to fail")
+    message = str(with_recorded_exception(cut, tmp_path / "exception"))
+    assert message.startswith('ExecuteUserScriptError:\nExitCode 1\nErrorMessage "ValueError: asked to fail\nraise ValueError(x)')
+    assert with_recorded_exception(cut, tmp_path / "absent") is cut  # a shell script, or an exit without an exception

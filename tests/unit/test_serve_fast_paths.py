@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
+import types
 
 import pytest
 import torch
 from PIL import Image
 from torch import nn
 
+from image_classifier import params
 from image_classifier.errors import UserError
 from image_classifier.model_card import write_artifact
 from image_classifier.modeling.factory import build_architecture, data_config_for
@@ -191,6 +192,7 @@ def test_on_cuda_the_model_serves_from_the_gpu_and_answers_like_the_cpu(tiny_art
     gpu = LoadedModel(tiny_artifact)
     assert gpu.device.type == "cuda" and "device=cuda" in caplog.text
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(params.ALLOW_CPU_ENV, "true")  # a GPU is visible: serving refuses the CPU unless told (found on an H200)
     cpu = LoadedModel(tiny_artifact, precision="fp32", graph="eager")
     images = [Image.effect_noise((40, 30), 60 + 20 * i).convert("RGB") for i in range(4)]
     tolerance = 1e-3 if gpu.runner.precision == "fp32" else 2e-2  # TF32 convolutions on Ampere and later
@@ -207,20 +209,23 @@ def test_a_card_without_a_temperature_serves_the_plain_softmax(tiny_artifact):
     assert model.predict_tensors([image])[0] == pytest.approx(expected, abs=1e-7)
 
 
-def test_the_deciding_pair_is_timed_alternately_and_the_best_of_each_kept():
+def test_the_deciding_pair_is_timed_alternately_and_the_best_of_each_kept(monkeypatch):
+    """On a clock the runners advance themselves: the order and the best-of are judged, not real sleeps."""
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(fast_paths.time, "perf_counter", lambda: clock.now)
     calls: list[str] = []
-    slow_first = iter([0.02, 0.0, 0.0])  # a burst of load hits "a" on its first call only
+    a_costs = iter([0.020, 0.001, 0.001])  # a burst of load hits "a" on its first call only
 
     def a(x):
         calls.append("a")
-        time.sleep(next(slow_first))
+        clock.now += next(a_costs)
         return x
 
     def b(x):
         calls.append("b")
-        time.sleep(0.005)
+        clock.now += 0.005
         return x
 
     a_ms, b_ms = fast_paths.time_pair_ms(a, b, _batch(1), rounds=3)
     assert calls == ["a", "b"] * 3
-    assert a_ms < 5 <= b_ms < 20  # the burst did not decide: a's best is a quiet call
+    assert (a_ms, b_ms) == (pytest.approx(1.0), pytest.approx(5.0))  # the burst did not decide: a's best is a quiet call

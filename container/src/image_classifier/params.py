@@ -117,6 +117,7 @@ TORCH_DISTRIBUTED_PARAM = "sagemaker_torch_distributed_enabled"  # distribution=
 PROCESSES_PER_HOST_PARAM = "sagemaker_mpi_num_of_processes_per_host"  # what sagemaker-training's runners read
 TRAINING_MODULE_ENV = "SAGEMAKER_TRAINING_MODULE"  # sagemaker-training's hook for a framework's launcher
 STUDIO_LOCAL_MODE_ENV = "SM_STUDIO_LOCAL_MODE"  # "true": sagemaker-training skips its 15-minute DNS wait
+SCRIPT_ERROR_FILE_ENV = "IMAGE_CLASSIFIER_SCRIPT_ERROR_FILE"  # where the script's uncaught exception is recorded (script_hook)
 # Serving: sagemaker-inference's contract, a model's code/<SAGEMAKER_PROGRAM> (default inference.py)
 USER_PROGRAM_ENV = "SAGEMAKER_PROGRAM"
 DEFAULT_USER_PROGRAM = "inference.py"
