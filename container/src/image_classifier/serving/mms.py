@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -105,6 +107,7 @@ class ModelServer:
         self.config = config
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
+        self.sockets = Path("/nonexistent")
 
     def start(self) -> None:
         (self.workdir / "model-store").mkdir(parents=True, exist_ok=True)
@@ -113,9 +116,14 @@ class ModelServer:
         properties.write_text("".join(f"{k}={v}\n" for k, v in mms_properties(self.config, self.workdir).items()))
         log_config = self.workdir / "log4j2.xml"
         log_config.write_text(LOG4J2)
+        # the workers' sockets (.mms.sock.9000, ...) go to java.io.tmpdir, which multi-model-server takes from
+        # TEMP, not TMPDIR: /tmp, shared by every server on the machine, unless each has its own (short: a
+        # socket path holds at most 107 bytes)
+        self.sockets = Path(tempfile.mkdtemp(prefix="mms-", dir="/tmp"))
         env = {
             **os.environ,
             "TMPDIR": str(self.workdir / "tmp"),  # MMS's pid file lives there
+            "TEMP": str(self.sockets),
             "PYTHONUNBUFFERED": "1",
             params.THREADS_ENV: str(self.config.threads_per_worker),
             "OMP_NUM_THREADS": str(self.config.threads_per_worker),
@@ -164,6 +172,7 @@ class ModelServer:
             self.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        shutil.rmtree(self.sockets, ignore_errors=True)
         log.info("event=mms_stopped")
 
 
