@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from PIL import Image
 
+from image_classifier.defaults import Facts, recommend
 from tests.helpers import fresh_copy, read_json
 from tests.readme import script
 
@@ -32,5 +33,9 @@ def test_train_on_your_own_images_as_written(tmp_path):
     assert sorted(p.name for p in (opt_ml / "input" / "data" / "train").iterdir()) == ["blue_things", "red_things"]
     card = read_json(opt_ml / "model" / "model_card.json")
     assert card["classes"] == ["blue_things", "red_things"] and card["pretrained"]["source"] == "channel"
-    assert len(read_json(opt_ml / "output" / "data" / "metrics.json")["history"]) == 2
-    assert json.loads((opt_ml / "input" / "config" / "hyperparameters.json").read_text())["image_size"] == "224"
+    written = json.loads((opt_ml / "input" / "config" / "hyperparameters.json").read_text())
+    assert written["image_size"] == "224" and not {"epochs", "lr", "backbone_lr_mult"} & set(written)  # the trainer's rule decides
+    train_images = sum(1 for _ in (opt_ml / "input" / "data" / "train").rglob("*.jpg"))
+    rule = recommend(Facts(train_images, 2, "tf_efficientnet_lite0", global_batch=64, frozen=False))
+    assert len(read_json(opt_ml / "output" / "data" / "metrics.json")["history"]) == rule["epochs"]
+    assert f"event=defaults epochs={rule['epochs']} " in result.stdout + result.stderr

@@ -187,7 +187,7 @@ def test_verdicts_match_the_trainers_own_preflight(tmp_path):
     from image_classifier.data.discovery import index_split
     from image_classifier.hyperparameters import Hyperparameters
     from image_classifier.training.distributed import World
-    from image_classifier.training.inputs import drop_unreadable
+    from image_classifier.training.preflight import drop_unreadable
 
     root = _split(tmp_path / "data", {"a": 30, "b": 30})
     (root / "train" / "a" / "bad.png").write_bytes(b"\x89PNG truncated")

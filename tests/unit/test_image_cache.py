@@ -83,5 +83,6 @@ def test_estimate_reads_headers_only(photos):
 
 def test_loader_workers_sized_to_the_machine():
     assert default_workers(2, 1, cuda=False) == 1
-    assert default_workers(16, 1, cuda=True) == 8 and default_workers(16, 4, cuda=True) == 4
+    assert default_workers(16, 1, cuda=True) == 15 and default_workers(16, 4, cuda=True) == 3  # one CPU of each share for its trainer
+    assert default_workers(96, 8, cuda=True) == 11 and default_workers(192, 1, cuda=True) == 32  # no cap of 8 on a p4d
     assert default_workers(1, 1, cuda=False) == 1

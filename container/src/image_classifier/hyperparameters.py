@@ -49,18 +49,20 @@ class ModelSection(_Section):
 class OptimisationSection(_Section):
     """The optimizer, the learning-rate schedule, regularisation, seeding."""
 
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: int = Field(10, ge=1, le=10_000, description="by the rule when not given (image_classifier/defaults.py)")
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, ge=0.0, le=100.0)
-    backbone_lr_mult: float = Field(0.1, ge=0.0, le=10.0, description="backbone lr = lr * this when fine-tuning")
+    lr: float = Field(3e-3, ge=0.0, le=100.0, description="the head's learning rate; by the rule when not given")
+    backbone_lr_mult: float = Field(
+        0.3, ge=0.0, le=10.0, description="backbone lr = lr * this when fine-tuning; by the rule when not given"
+    )
     weight_decay: float = Field(1e-4, ge=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     scheduler: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up; by the rule when not given")
     step_size: int = Field(10, ge=1, description="epochs between decays (step scheduler)")
     gamma: float = Field(0.1, gt=0.0, le=1.0)
-    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="by the rule when not given")
     clip_grad_norm: float = Field(0.0, ge=0.0, description="0 disables clipping")
     early_stopping_patience: int = Field(0, ge=0, description="epochs without validation gain; 0 disables")
     seed: int = 42
@@ -70,7 +72,7 @@ class OptimisationSection(_Section):
 class DataSection(_Section):
     """Augmentation, loading, unreadable files, the decoded-image cache."""
 
-    augment: Literal["standard", "light", "none"] = "standard"
+    augment: Literal["standard", "light", "none"] = Field("standard", description="by the rule when not given")
     num_workers: int | None = Field(None, ge=0, le=64, description="default: one per CPU, at most 8")
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0, description="fail above this share of unreadable images")
     cache_images: Literal["auto", "none", "memory", "disk"] = Field(
@@ -111,6 +113,10 @@ SECTIONS: tuple[type[_Section], ...] = (ModelSection, OptimisationSection, DataS
 # the bases last-first: pydantic orders the fields from the last base, so they read as SECTIONS do
 class Hyperparameters(ObservabilitySection, SpeedSection, DataSection, OptimisationSection, ModelSection):
     """What a training job can be told. Defaults are the ones a careful engineer would pick.
+
+    The fields of ``defaults.RULE_FIELDS`` (epochs, learning rates, warm-up, label smoothing,
+    augmentation) that a job does not give are chosen by the trainer from the data once it is indexed
+    (``defaults.resolve``); their declared values here apply only where nothing is known of the data.
 
     The fields are declared in sections (``SECTIONS``, one class each) so that the ``train`` flags
     are grouped from the model itself, never from a second list of names.

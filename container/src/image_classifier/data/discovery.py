@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from image_classifier import params
+from image_classifier.data.samples import Samples
 from image_classifier.errors import UserError
 
 
@@ -29,14 +31,12 @@ class ImageFolderIndex:
     split: str
     root: Path
     classes: tuple[str, ...]
-    samples: tuple[tuple[Path, int], ...]
+    samples: Samples
     ignored: tuple[Path, ...]  # files that are not images by extension (README, .DS_Store)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(self.classes, 0)
-        for _, label in self.samples:
-            out[self.classes[label]] += 1
-        return out
+        per_label = np.bincount(self.samples.labels, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, per_label, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def index_split(split: str, root: Path) -> ImageFolderIndex:
             empty.append(name)
     if empty:
         raise UserError(f"channel '{split}' has empty classes (no image files): {empty}")
-    return ImageFolderIndex(split, root, classes, tuple(samples), tuple(ignored))
+    return ImageFolderIndex(split, root, classes, Samples(samples), tuple(ignored))
 
 
 def check_same_classes(reference: ImageFolderIndex, *others: ImageFolderIndex) -> None:

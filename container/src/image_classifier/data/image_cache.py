@@ -31,6 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from image_classifier import params
+from image_classifier.data.datasets import seeded
 from image_classifier.data.loading import UnreadableImage, load_rgb
 from image_classifier.data.presets import STANDARD_MIN_SCALE, DataConfig, resize_shorter, to_pixels
 from image_classifier.errors import UserError
@@ -172,8 +173,7 @@ class CachedImages(Dataset):
             return None
         if seed is None:
             return self.transform(image), self.labels[index]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self.transform(image), self.labels[index]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageFile, ImageOps
 
@@ -32,8 +33,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def load_rgb(path: Path | str, draft_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode ``path`` fully. ``draft_size`` lets JPEG decode at a reduced scale (much faster)."""
+def load_rgb(path: Path | str | BinaryIO, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode ``path`` (or the bytes of a file object) fully. ``draft_size`` lets JPEG decode at a reduced scale (much faster)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from image_classifier.data.discovery import ImageFolderIndex
+from image_classifier.data.samples import Samples
 from image_classifier.errors import UserError
 from image_classifier.metrics import format_line
 
@@ -20,8 +21,6 @@ log = logging.getLogger(__name__)
 
 LOGGED_FILES = 20  # one warning line each; the count covers the rest
 EXAMPLES_IN_ERROR = 3
-
-Samples = tuple[tuple[Path, int], ...]
 
 
 def log_unreadable(bad: Mapping[Path, str]) -> None:
@@ -42,10 +41,10 @@ def keep_readable(indices: Sequence[ImageFolderIndex], bad: Collection[Path], ma
         )
     kept = []
     for index in indices:
-        samples = tuple((path, label) for path, label in index.samples if path not in bad)
+        samples = Samples((path, label) for path, label in index.samples if path not in bad) if bad else index.samples
         if not samples:
             raise UserError(f"channel '{index.split}' has no readable images")
-        present = {label for _, label in samples}
+        present = set(samples.labels.tolist())
         if len(present) != len(index.classes):
             empty = [name for label, name in enumerate(index.classes) if label not in present]
             raise UserError(f"channel '{index.split}' has classes with no readable image: {empty}")

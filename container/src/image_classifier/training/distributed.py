@@ -7,10 +7,12 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from image_classifier import params
 from image_classifier.errors import UserError
 
 
@@ -43,7 +45,10 @@ def init_world(use_cuda: bool) -> World:
     )
     if use_cuda:
         torch.cuda.set_device(world.local_rank)
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    # explicit, so a rank that dies or hangs (in the pre-flight's exchange of verdicts, say) fails the others
+    # with a reason after this long instead of torch's backend-dependent default
+    timeout = timedelta(seconds=float(os.environ.get(params.PROCESS_GROUP_TIMEOUT_ENV, params.DEFAULT_PROCESS_GROUP_TIMEOUT_SECONDS)))
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     return world
 
 
@@ -53,6 +58,14 @@ def all_reduce_sum(values: Sequence[float], world: World, device: torch.device) 
     tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def all_reduce_max(value: float, world: World, device: torch.device) -> float:
+    if not world.distributed:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor)
 
 
 def gather_lists(values: list, world: World) -> list:

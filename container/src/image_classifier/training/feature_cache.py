@@ -11,8 +11,8 @@ and the artifact hold the full model (backbone + trained head) exactly as withou
 batches come from the same seeded sampler, so resuming works the same way (the cache is
 recomputed by the restarted job). Refused, with the reason logged, where it would change training:
 a backbone that trains (``freeze=none``/``last:N``), random augmentation, random layers in the
-backbone (dropout, drop-path), a Debugger hook (it expects the full model to run), or a model whose
-output is not its classifier's output.
+backbone (dropout, drop-path), a Debugger hook (it expects the full model to run), a model whose
+output is not its classifier's output, or sharded input (``data/shards.py``: too large to hold).
 """
 
 from __future__ import annotations
@@ -86,10 +86,19 @@ def classifier_is_last(model: nn.Module, classifier: nn.Module, input_size: int,
 
 
 def decide(
-    hp: Hyperparameters, model: nn.Module, classifier: nn.Module, *, input_size: int, device: torch.device, debugger: bool
+    hp: Hyperparameters,
+    model: nn.Module,
+    classifier: nn.Module,
+    *,
+    input_size: int,
+    device: torch.device,
+    debugger: bool,
+    sharded: bool = False,
 ) -> Decision:
     if hp.feature_cache == "off":
         return Decision(False, "feature_cache_off")
+    if sharded:
+        return Decision(False, "sharded_input")  # the features of a data set too large to hold would not fit either
     if hp.trainable_stages != 0:
         return Decision(False, "backbone_trains")
     if hp.augment != "none":

@@ -1,49 +1,39 @@
-"""What the epochs read: the indexed splits, their loaders, and the two caches in front of them.
+"""What the epochs read: the loaders over the splits ``preflight.prepare_data`` checked, and the two caches in front of them.
 
-``prepare_data`` indexes the channels and drops the files that do not decode (the policy of
-``data/readability.py``). ``image_loaders`` then builds the train and validation loaders, over
-the decoded-image cache where ``cache_images`` allows; ``feature_loaders`` replaces both with
-batches of backbone features when the feature cache runs (``training/feature_cache.py``).
+``image_loaders`` builds the train and validation loaders: over a folder split's files (through the
+decoded-image cache where ``cache_images`` allows), or over a sharded split's stream
+(``data/shard_stream.py``, never cached: its point is a data set too large to hold).
+``feature_loaders`` replaces both with batches of backbone features when the feature cache runs
+(``training/feature_cache.py``; folder splits only).
+
+Loader workers ignore SIGINT and SIGTERM: a signal sent to the whole process group (Ctrl-C in a
+terminal, ``timeout``, some ``docker stop``s) must reach the training process alone, which writes
+its checkpoint and stops the workers itself, instead of killing them under it.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from image_classifier.data import image_cache
 from image_classifier.data.datasets import LabelledImages, ResumableSampler, collate
-from image_classifier.data.discovery import ImageFolderIndex, check_same_classes, index_split, resolve_splits
-from image_classifier.data.loading import find_unreadable
 from image_classifier.data.presets import DataConfig, eval_transform, train_transform
-from image_classifier.data.readability import Samples, keep_readable, log_unreadable
-from image_classifier.environment import TrainingEnvironment
+from image_classifier.data.samples import Samples
+from image_classifier.data.shard_stream import ShardedSplit, ShardStream, StreamedImages
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
 from image_classifier.modeling.factory import classifier_of
 from image_classifier.training import feature_cache
-from image_classifier.training.distributed import World, gather_lists
+from image_classifier.training.distributed import World
 from image_classifier.training.engine import Precision, StopFlag
-
-
-@dataclass(frozen=True)
-class DataSplits:
-    """The readable samples of each split, and what was set aside on the way."""
-
-    classes: list[str]
-    train: Samples
-    valid: Samples
-    test: Samples | None
-    bad_images: int
-
-    @property
-    def total(self) -> int:
-        return len(self.train) + len(self.valid) + len(self.test or ())
+from image_classifier.training.preflight import DataSplits, Split
 
 
 @dataclass(frozen=True)
@@ -59,51 +49,25 @@ class Loaders:
 
 
 log = logging.getLogger(__name__)
+MAX_GPU_WORKERS = 32  # beyond this the loader's own overhead (IPC, memory per worker) grows faster than its throughput
 
 
 def default_workers(num_cpus: int, processes: int, cuda: bool) -> int:
     """Loader processes per training process, sized to the machine.
 
-    On a GPU the model waits for the input, so every CPU of the process's share decodes (at most 8).
-    On CPU the loader and the model share the same cores: one worker overlaps decoding with compute,
-    and more only take cores from the model (measured in ``local/bench``: see the README).
+    On a GPU the model waits for the input, so every CPU of the process's share but one decodes (the
+    training process keeps one): 11 on each of an ml.p4d's eight ranks, where a cap of 8 left a quarter
+    of its 96 vCPUs idle. On CPU the loader and the model share the same cores: one worker overlaps
+    decoding with compute, and more only take cores from the model (measured in ``local/bench``).
     """
     share = max(1, num_cpus // max(1, processes))
-    return min(8, share) if cuda else max(1, min(8, share // 4))
+    return max(1, min(MAX_GPU_WORKERS, share - 1)) if cuda else max(1, min(8, share // 4))
 
 
-def prepare_data(env: TrainingEnvironment, hp: Hyperparameters, world: World, workers: int) -> DataSplits:
-    """Index the channels, check they agree, decode every image once and drop the unreadable ones."""
-    splits = resolve_splits(env.channels)
-    train = index_split("train", splits.train)
-    valid = index_split("validation", splits.validation)
-    test = index_split("test", splits.test) if splits.test else None
-    indices = [i for i in (train, valid, test) if i is not None]
-    check_same_classes(*indices)
-    kept, bad_images = drop_unreadable(indices, hp, world, workers=max(2, workers))
-    data = DataSplits(list(train.classes), kept[0], kept[1], kept[2] if test else None, bad_images)
-    log.info(
-        format_line(
-            "data",
-            classes=len(data.classes),
-            train=len(data.train),
-            valid=len(data.valid),
-            test=len(data.test or ()),
-            ignored_files=sum(len(i.ignored) for i in indices),
-        )
-    )
-    return data
-
-
-def drop_unreadable(indices: list[ImageFolderIndex], hp: Hyperparameters, world: World, workers: int) -> tuple[list[Samples], int]:
-    """The main process decodes every image; every process applies the same verdict."""
-    started = time.perf_counter()
-    every = [path for index in indices for path, _ in index.samples]
-    bad = find_unreadable(every, workers) if world.is_main else {}
-    bad_paths = set(gather_lists(sorted(str(p) for p in bad), world))
-    log_unreadable(bad)
-    log.info(format_line("preflight", images=len(every), bad_images=len(bad_paths), seconds=time.perf_counter() - started))
-    return keep_readable(indices, {p for p in every if str(p) in bad_paths}, hp.max_bad_fraction), len(bad_paths)
+def ignore_group_signals(_worker_id: int) -> None:
+    """A loader worker leaves SIGINT/SIGTERM to the training process (see the module's docstring)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def train_sampler(size: int, hp: Hyperparameters, world: World, *, with_seeds: bool) -> ResumableSampler:
@@ -111,7 +75,7 @@ def train_sampler(size: int, hp: Hyperparameters, world: World, *, with_seeds: b
 
 
 def make_loader(
-    samples: Samples,
+    samples: Split,
     transform,
     config: DataConfig,
     hp: Hyperparameters,
@@ -123,15 +87,21 @@ def make_loader(
     images: image_cache.DecodedImages | None = None,
 ) -> DataLoader:
     """``images``: the split's decoded-image cache, if any (same items as decoding each file)."""
-    dataset = (
-        image_cache.CachedImages(images, [label for _, label in samples], transform)
-        if images is not None
-        else LabelledImages(list(samples), transform, draft_size=config.resize_size)
-    )
-    if train:
-        sampler = train_sampler(len(dataset), hp, world, with_seeds=True)
+    dataset: Dataset
+    sampler: Sampler
+    if isinstance(samples, ShardedSplit):
+        dataset = StreamedImages(transform, draft_size=config.resize_size)
+        sampler = ShardStream(samples, seed=hp.seed, shuffle=train, rank=world.rank, world_size=world.size, pad=train, with_seeds=train)
     else:
-        sampler = ResumableSampler(len(dataset), seed=hp.seed, shuffle=False, rank=world.rank, world_size=world.size, pad=False)
+        dataset = (
+            image_cache.CachedImages(images, samples.labels.tolist(), transform)
+            if images is not None
+            else LabelledImages(samples, transform, draft_size=config.resize_size)
+        )
+        if train:
+            sampler = train_sampler(len(samples), hp, world, with_seeds=True)
+        else:
+            sampler = ResumableSampler(len(samples), seed=hp.seed, shuffle=False, rank=world.rank, world_size=world.size, pad=False)
     drop_last = train and len(sampler) > hp.batch_size
     return DataLoader(
         dataset,
@@ -142,6 +112,7 @@ def make_loader(
         pin_memory=pin,
         drop_last=drop_last,
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_group_signals,
     )
 
 
@@ -176,15 +147,19 @@ def _cache_images(
     """Decode and resize the train and validation images once, where ``cache_images`` says (see image_cache).
 
     ``processes``: training processes on this host, each building its own cache."""
+    if data.sharded:
+        log.info(format_line("image_cache", mode="none", reason="sharded_input"))
+        return [None, None]
+    assert isinstance(data.train, Samples) and isinstance(data.valid, Samples)
     splits = (("train", data.train, image_cache.cached_side(config, hp.augment)), ("validation", data.valid, config.resize_size))
-    needed = processes * sum(image_cache.estimate_bytes([p for p, _ in samples], side) for _, samples, side in splits)
+    needed = processes * sum(image_cache.estimate_bytes(samples.paths(), side) for _, samples, side in splits)
     plan = image_cache.plan(hp.cache_images, needed, feature_cache=feature_cache_on, epochs_left=hp.epochs)
     log.info(format_line("image_cache", mode=plan.mode, reason=plan.reason, estimated_megabytes=needed / 2**20))
     if plan.mode == "none":
         return [None, None]
     built: list[image_cache.DecodedImages | None] = []
     for split, samples, side in splits:
-        images, seconds = image_cache.timed_build([p for p, _ in samples], config, side, plan.mode, threads)
+        images, seconds = image_cache.timed_build(samples.paths(), config, side, plan.mode, threads)
         image_cache.log_built(split, images, plan.mode, seconds)
         built.append(images)
     return built
@@ -194,7 +169,7 @@ def _extraction_loader(
     samples: Samples, config: DataConfig, hp: Hyperparameters, world: World, *, workers: int, pin: bool
 ) -> tuple[DataLoader, list[int]]:
     """This rank's shard of a split, in order, each sample with its index (for the feature cache)."""
-    dataset = feature_cache.indexed(LabelledImages(list(samples), eval_transform(config), draft_size=config.resize_size))
+    dataset = feature_cache.indexed(LabelledImages(samples, eval_transform(config), draft_size=config.resize_size))
     sampler = ResumableSampler(len(samples), seed=hp.seed, shuffle=False, rank=world.rank, world_size=world.size, pad=False)
     loader = DataLoader(
         dataset, batch_size=hp.batch_size, sampler=sampler, num_workers=workers, collate_fn=feature_cache.collate_indexed, pin_memory=pin
@@ -219,6 +194,7 @@ def feature_loaders(
     classifier = classifier_of(backbone)
     shards = []
     for split, samples in (("train", data.train), ("validation", data.valid)):
+        assert isinstance(samples, Samples), "the feature cache is refused for sharded input (feature_cache.decide)"
         loader, positions = _extraction_loader(samples, config, hp, world, workers=workers, pin=pin)
         labels = [label for _, label in samples]
         started = time.perf_counter()

@@ -25,7 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from image_classifier import gpu_host, local_run, params
+from image_classifier import defaults, gpu_host, local_run, params
 from image_classifier.environment import TrainingEnvironment
 from image_classifier.errors import UserError
 from image_classifier.hyperparameters import SECTIONS, Hyperparameters
@@ -44,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     for section in SECTIONS:
         group = parser.add_argument_group(section.title(), section.__doc__)
         for name, info in section.model_fields.items():
-            help_text = f"{info.description or ''} (default: {info.default})".strip()
+            default = f"({defaults.HELP[name]})" if name in defaults.HELP else f"(default: {info.default})"
+            help_text = f"{info.description or ''} {default}".strip().replace("%", "%%")  # argparse formats help with %
             group.add_argument(f"--{name.replace('_', '-')}", dest=name, default=argparse.SUPPRESS, help=help_text)
     return parser
 
@@ -208,7 +209,22 @@ def _run(argv: list[str], base: Path, is_worker: bool) -> int:
 
 def cli() -> None:
     setup_logging()
-    sys.exit(run(sys.argv[1:]))
+    code = run(sys.argv[1:])
+    stop_loader_workers()
+    sys.exit(code)
+
+
+def stop_loader_workers() -> None:
+    """Loader workers still alive when the job ends (it failed or was stopped inside an epoch) are killed.
+
+    They ignore SIGTERM (``inputs.ignore_group_signals``), which is also how multiprocessing's exit
+    handler would ask them to go before waiting for them: without this, a job that stopped mid-epoch
+    waited for its workers forever after writing its failure file."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)
 
 
 if __name__ == "__main__":

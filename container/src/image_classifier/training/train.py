@@ -20,23 +20,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from image_classifier import params
-from image_classifier.data.datasets import sample_seed
-from image_classifier.data.readability import too_many_lost
+from image_classifier import defaults
 from image_classifier.environment import TrainingEnvironment
 from image_classifier.hyperparameters import Hyperparameters
 from image_classifier.metrics import format_line
-from image_classifier.training import inputs, optim
+from image_classifier.training import inputs, optim, preflight
 from image_classifier.training.background_writes import BackgroundWriter
 from image_classifier.training.calibration import Calibration, calibrate
 from image_classifier.training.checkpoints import RunCheckpoints
 from image_classifier.training.diagnostics import TrainingChecks
 from image_classifier.training.distributed import World, barrier, init_world, shutdown
-from image_classifier.training.engine import EvalResult, Precision, StopFlag, StopRequested, evaluate, train_one_epoch
+from image_classifier.training.engine import EvalResult, Precision, StopFlag, evaluate
+from image_classifier.training.epochs import EpochCounts, fit
 from image_classifier.training.outputs import FinalEvaluation, JobSummary, write_outputs
-from image_classifier.training.profiling import SystemSampler, trace_window
 from image_classifier.training.progress import Progress, Stateful
-from image_classifier.training.trainee import Trainee, build_model, prepare_trainee
+from image_classifier.training.trainee import build_model, prepare_trainee
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +52,16 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
             "start", job=env.job_name, model=hp.model, device=str(device), world_size=world.size, rank=world.rank, hosts=len(env.hosts)
         )
     )
+    stop = StopFlag()
     try:
         # 1. data: the channels indexed, every image decoded once, the unreadable ones dropped
         workers = hp.num_workers if hp.num_workers is not None else inputs.default_workers(env.num_cpus, world.local_size, use_cuda)
-        data = inputs.prepare_data(env, hp, world, workers)
+        data = preflight.prepare_data(env, hp, world, device, workers)
+        given, hp = hp, resolve_defaults(hp, len(data.train), len(data.classes), world)
         # 2. model: warm start or pretrained backbone, a head for these classes, frozen stages
         built = build_model(env, hp, data.classes)
         # 3. how it runs: precision, device, Debugger, the feature cache, compile, DDP
-        trainee = prepare_trainee(env, hp, built, world, device, len(data.classes))
+        trainee = prepare_trainee(env, hp, built, world, device, len(data.classes), sharded=data.sharded)
         # 4. loaders, optimizer and schedule
         pin = use_cuda
         threads = max(2, env.num_cpus // world.local_size)
@@ -71,11 +71,12 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
         optimizer = optim.create_optimizer(trainee.model, hp, device)
         scheduler = optim.create_scheduler(optimizer, hp, steps_per_epoch=max(1, len(loaders.train)))
         parts = Stateful(trainee.model, optimizer, scheduler, trainee.precision.scaler)
-        stop = StopFlag()
         stop.install()
         with BackgroundWriter() as writer:
             # 5. resume this run's newest checkpoint, if any
-            saved = RunCheckpoints(env.checkpoint_dir, data.classes, hp.model_dump(), writer, world.is_main, env.job_named)
+            # the run is what the user asked for: the rule's values follow from it (and from the data, the world
+            # size), so a restart that may change the epochs or the processes keeps resuming the same run
+            saved = RunCheckpoints(env.checkpoint_dir, data.classes, given.model_dump(), writer, world.is_main, env.job_named)
             progress = saved.resume(parts, bad_images=data.bad_images)
             if trainee.on_features:  # after resuming: the features of the backbone the checkpoint holds
                 loaders = inputs.feature_loaders(
@@ -93,7 +94,7 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
             # 6. the epochs
             checks = TrainingChecks() if hp.checks else None
             tensorboard = open_tensorboard(env) if world.is_main else None
-            system = fit(
+            fitted = fit(
                 env=env,
                 hp=hp,
                 trainee=trainee,
@@ -106,8 +107,9 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
                 stop=stop,
                 checks=checks,
                 tensorboard=tensorboard,
-                total_images=data.total,
+                counts=EpochCounts(len(data.train), len(data.valid), total=data.total, preflight_bad=data.bad_images),
             )
+            progress, system = fitted.progress, fitted.system
         # 7. the kept model (best validation epoch) on the test split
         if progress.best_state is not None:
             trainee.model.load_state_dict(progress.best_state)
@@ -139,7 +141,20 @@ def main(env: TrainingEnvironment, hp: Hyperparameters) -> dict[str, float]:
         barrier(world)
         return final.metrics
     finally:
+        stop.restore()
         shutdown(world)
+
+
+def resolve_defaults(hp: Hyperparameters, train_images: int, classes: int, world: World) -> Hyperparameters:
+    """What the user did not give of the rule's fields, from what the data now tells (``defaults.py``)."""
+    facts = defaults.Facts.of(hp, train_images, classes, world.size)
+    resolved, chosen = defaults.resolve(hp, facts)
+    log.info(
+        format_line(
+            "defaults", **{k: str(v) for k, v in chosen.items()}, given=",".join(sorted(set(defaults.RULE_FIELDS) - set(chosen))) or "none"
+        )
+    )
+    return resolved
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -158,108 +173,6 @@ def open_tensorboard(env: TrainingEnvironment):
 
     env.output_data_dir.mkdir(parents=True, exist_ok=True)
     return SummaryWriter(str(env.tensorboard_dir))
-
-
-def fit(
-    *,
-    env: TrainingEnvironment,
-    hp: Hyperparameters,
-    trainee: Trainee,
-    loaders: inputs.Loaders,
-    parts: Stateful,
-    progress: Progress,
-    saved: RunCheckpoints,
-    world: World,
-    device: torch.device,
-    stop: StopFlag,
-    checks: TrainingChecks | None,
-    tensorboard,
-    total_images: int,
-) -> dict[str, float]:
-    """The epochs from ``progress``'s position to ``hp.epochs`` or early stop; returns the system summary."""
-    first_epoch = progress.epoch
-    with (
-        SystemSampler() as sampler,
-        trace_window(
-            hp.profile and world.is_main,
-            hp.profile_start_step,
-            hp.profile_steps,
-            env.tensorboard_dir / params.PROFILER_DIR,
-            env.output_data_dir / params.PROFILER_DIR / "top_operators.txt",
-        ) as profiler,
-    ):
-        for epoch in range(first_epoch, hp.epochs):
-            start_step = progress.step if epoch == first_epoch else 0
-            loaders.start_epoch(epoch, start_step * hp.batch_size)
-            # dropout and the like draw from the main RNG: a fixed state per (seed, rank, epoch, step)
-            # makes a job resumed from an epoch checkpoint draw exactly what an uninterrupted one does
-            torch.manual_seed(sample_seed(hp.seed + world.rank, epoch, start_step))
-            trainee.train_mode()
-            try:
-                result = train_one_epoch(
-                    model=trainee.runner,
-                    loader=loaders.train,
-                    optimizer=parts.optimizer,
-                    scheduler=parts.scheduler,
-                    loss_fn=trainee.loss_fn,
-                    device=device,
-                    precision=trainee.runner_precision,
-                    epoch=epoch,
-                    start_step=start_step,
-                    clip_grad_norm=hp.clip_grad_norm,
-                    checks=checks,
-                    world=world,
-                    stop=stop,
-                    log_interval=hp.log_interval,
-                    profiler=profiler if epoch == first_epoch else None,
-                )
-            except StopRequested as interrupted:
-                saved.save_now(progress, parts, epoch, interrupted.step or 0)
-                raise
-            trainee.eval_mode()
-            valid = evaluate(trainee.runner, loaders.valid, device, trainee.runner_precision, world)
-            progress.bad_images += result.bad_images
-            entry = {
-                "epoch": epoch + 1,
-                "train_loss": result.loss,
-                "train_acc": result.accuracy,
-                "valid_loss": valid.loss,
-                "valid_acc": valid.accuracy,
-                "lr": result.lr,
-                "images_per_sec": result.images / max(result.seconds, 1e-9),
-                "epoch_seconds": result.seconds,
-                "data_wait_fraction": result.data_wait_fraction,
-            }
-            improved = progress.record(entry, trainee.model)
-            if tensorboard is not None:
-                log_epoch(entry, progress.best_valid_acc, tensorboard)
-            if checks is not None:
-                checks.on_epoch(epoch + 1, result.loss, result.accuracy, valid.loss, valid.accuracy)
-            saved.save_epoch(progress, parts, improved)
-            barrier(world)
-            if error := too_many_lost(progress.bad_images, total_images, hp.max_bad_fraction):
-                raise error
-            if progress.patience_spent(hp.early_stopping_patience):
-                log.info(format_line("early_stop", epoch=epoch + 1, best_epoch=progress.best["epoch"], patience=hp.early_stopping_patience))
-                progress.early_stopped = True
-                break
-        if trainee.hook:
-            trainee.hook.close()
-        return sampler.summary()
-
-
-def log_epoch(entry: dict[str, float], best_valid_acc: float, tensorboard) -> None:
-    """The ``epoch`` line the tuning regexes read (with the best accuracy so far, the objective), and TensorBoard scalars."""
-    values: dict[str, float] = {}
-    for key, value in entry.items():
-        if key != "data_wait_fraction":
-            values[key] = value
-        if key == "valid_acc":
-            values["best_valid_acc"] = best_valid_acc
-    log.info(format_line("epoch", **values, data_wait=entry["data_wait_fraction"]))
-    for key in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "images_per_sec"):
-        tensorboard.add_scalar(key, entry[key], entry["epoch"])
-    tensorboard.flush()
 
 
 def final_metrics(progress: Progress) -> dict[str, float]:

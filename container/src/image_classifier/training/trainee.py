@@ -115,7 +115,14 @@ def build_model(env: TrainingEnvironment, hp: Hyperparameters, classes: list[str
 
 
 def prepare_trainee(
-    env: TrainingEnvironment, hp: Hyperparameters, built: BuiltModel, world: World, device: torch.device, num_classes: int
+    env: TrainingEnvironment,
+    hp: Hyperparameters,
+    built: BuiltModel,
+    world: World,
+    device: torch.device,
+    num_classes: int,
+    *,
+    sharded: bool = False,
 ) -> Trainee:
     """Precision (measured once per job on CPU), device and memory format, then what the epochs call."""
     model, input_size = built.model, built.data_config.input_size
@@ -131,7 +138,9 @@ def prepare_trainee(
         model.to(memory_format=torch.channels_last)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     hook = create_hook(env.debug_hook_config, model, loss_fn)
-    decision = feature_cache.decide(hp, model, classifier_of(model), input_size=input_size, device=device, debugger=hook is not None)
+    decision = feature_cache.decide(
+        hp, model, classifier_of(model), input_size=input_size, device=device, debugger=hook is not None, sharded=sharded
+    )
     decision.log(hp)
     full: nn.Module = model
     if hp.compile:
