@@ -156,7 +156,9 @@ def folder_loader(samples, *, latency: float, bandwidth: float) -> DataLoader:
 def shard_loader(split: ShardedSplit, *, latency: float, bandwidth: float) -> tuple[DataLoader, ShardStream]:
     opener = (lambda path, mode: SlowFile(path, mode, latency, bandwidth)) if latency else open
     stream = ShardStream(split, seed=0, shuffle=True, with_seeds=True, opener=opener)
-    loader = DataLoader(StreamedImages(train_transform(CONFIG, "standard")), batch_size=BATCH, sampler=stream, num_workers=WORKERS, collate_fn=collate)
+    loader = DataLoader(
+        StreamedImages(train_transform(CONFIG, "standard")), batch_size=BATCH, sampler=stream, num_workers=WORKERS, collate_fn=collate
+    )
     return loader, stream
 
 
@@ -168,7 +170,9 @@ def bench_folder(n: int, args) -> dict[str, Any]:
     find_unreadable(index.samples.paths(), workers=2)
     checked = time.perf_counter()
     first, zero, uss = rate(folder_loader(index.samples, latency=0, bandwidth=0), args.images_per_rate)
-    _, slow, _ = rate(folder_loader(index.samples, latency=args.latency_ms / 1000, bandwidth=args.bandwidth_mb * 2**20), args.images_per_rate)
+    _, slow, _ = rate(
+        folder_loader(index.samples, latency=args.latency_ms / 1000, bandwidth=args.bandwidth_mb * 2**20), args.images_per_rate
+    )
     return {
         "index_s": indexed - started,
         "check_s": checked - indexed,

@@ -13,6 +13,7 @@ the other's, and empties its own folder once it has succeeded.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -131,3 +132,26 @@ def test_another_runs_checkpoint_is_set_aside_not_resumed(tmp_path, digits_data)
     assert (checkpoints / "foreign" / "checkpoint-0001-000000.pt").exists()
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*.pt")) == ["checkpoint-0001-000000.pt", "checkpoint-0002-000000.pt"]
     assert len(read_json(tmp_path / "output" / "data" / "metrics.json")["history"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_stops_cleanly_with_a_checkpoint(tmp_path, digits_data, sig):
+    """Ctrl-C in a terminal (or ``timeout``, some ``docker stop``s) signals every process of the group: the loader
+    workers leave it to the trainer, which saves its position and stops, as for SageMaker's SIGTERM to it alone."""
+    write_job(tmp_path, digits_data, {**DIGITS_HPS, "epochs": "2", "log_interval": "1", "num_workers": "2"})
+    job = subprocess.Popen(
+        ["train"], env=train_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        seen = _wait_for(job, r"event=step epoch=1 step=3\b")
+        os.killpg(job.pid, sig)
+        out = "".join(seen) + job.communicate(timeout=60)[0]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 143, out[-3000:]
+    assert re.search(r"event=checkpoint path=checkpoint-0000-\d+\.pt reason=signal", out), out[-3000:]
+    assert f"event=interrupted signal={signal.Signals(sig).name}" in out
+    assert "internal error" not in out and "killed by signal" not in out and "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / "output" / "failure").exists()
