@@ -81,8 +81,8 @@ class DeployConfig(BaseModel):
     train_instance_count: int = Field(1, ge=1, le=64)
     train_volume_gb: int = Field(50, ge=1, le=16384)
     max_run_s: int = Field(6 * 3600, ge=60)
-    tuning_epochs: int = Field(8, ge=1)
-    final_epochs: int = Field(15, ge=1)
+    tuning_epochs: int | None = Field(None, ge=1, description="default: the trainer's rule (from the training images)")
+    final_epochs: int | None = Field(None, ge=1, description="default: the trainer's rule, as the trials had")
     hyperparameters: dict[str, str] = Field(default_factory=dict, description="static hyperparameters for every job")
     # tuning
     max_jobs: int | None = Field(None, ge=1, le=500, description=f"default: {DEFAULT_MAX_JOBS}; leave unset with Grid")

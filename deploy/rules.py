@@ -80,7 +80,7 @@ def config_refusals(cfg: DeployConfig) -> list[Refusal]:
     if cfg.strategy == "Hyperband" and cfg.early_stopping == "Auto":
         out.append(Refusal("early_stopping", HYPERBAND_AUTO))
     if cfg.strategy == "Grid":
-        continuous = [name for name in ("lr", "weight_decay") if not getattr(cfg.search, f"{name}_values")]
+        continuous = [name for name in ("lr_scale", "weight_decay") if not getattr(cfg.search, f"{name}_values")]
         if continuous:
             fields = " and ".join(f"search.{name}_values" for name in continuous)
             out.append(Refusal("search", GRID_CONTINUOUS.format(names=" and ".join(continuous), verb=_plural(continuous), fields=fields)))

@@ -133,9 +133,9 @@ def tuner(cfg: DeployConfig, base_estimator: Any, *, run_id: str) -> Any:
 
     space = cfg.search
     ranges: dict[str, Any] = {
-        "lr": CategoricalParameter([str(v) for v in space.lr_values])
-        if space.lr_values
-        else ContinuousParameter(*space.lr, scaling_type="Logarithmic"),
+        "lr_scale": CategoricalParameter([str(v) for v in space.lr_scale_values])
+        if space.lr_scale_values
+        else ContinuousParameter(*space.lr_scale, scaling_type="Logarithmic"),
         "weight_decay": (
             CategoricalParameter([str(v) for v in space.weight_decay_values])
             if space.weight_decay_values

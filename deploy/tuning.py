@@ -88,7 +88,7 @@ def trials(sm: Any, tuning_job: str) -> list[dict[str, Any]]:
 
 
 def table(
-    rows: list[dict[str, Any]], columns: tuple[str, ...] = (OBJECTIVE_METRIC, "lr", "batch_size", "weight_decay", "freeze", "model")
+    rows: list[dict[str, Any]], columns: tuple[str, ...] = (OBJECTIVE_METRIC, "lr_scale", "batch_size", "weight_decay", "freeze", "model")
 ) -> str:
     """A plain-text table (also what the notebook shows)."""
     present = ["job", "status", *[c for c in columns if any(c in r for r in rows)]]

@@ -26,8 +26,9 @@ def _inputs(ctx: Context, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: sdk.training_input(channels[n]) for n in names if n in channels}
 
 
-def _static_hyperparameters(ctx: Context, epochs: int) -> dict[str, str]:
-    return {"model": ctx.cfg.model, **ctx.cfg.hyperparameters, "epochs": str(epochs)}
+def _static_hyperparameters(ctx: Context, epochs: int | None) -> dict[str, str]:
+    """Unset epochs stay unsent: the trainer's rule chooses them from the data (``image_classifier.defaults``)."""
+    return {"model": ctx.cfg.model, **ctx.cfg.hyperparameters, **({"epochs": str(epochs)} if epochs else {})}
 
 
 def step_data(ctx: Context) -> None:

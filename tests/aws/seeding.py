@@ -16,8 +16,8 @@ import boto3
 
 from tests.aws.conftest import BUCKET, REGION, ROLE
 
-TUNED = {"lr": "0.003", "batch_size": "64", "weight_decay": "0.0001", "freeze": "none", "model": "resnet18"}
-TRIAL_LRS = ("0.001", "0.003", "0.01")
+TUNED = {"lr_scale": "1.2", "batch_size": "64", "weight_decay": "0.0001", "freeze": "none", "model": "resnet18"}
+TRIAL_LR_SCALES = ("0.4", "1.2", "2.5")
 
 
 def tar(folder: Path) -> bytes:
@@ -49,8 +49,8 @@ def tuning_results(tuning_job: str, static: dict[str, str], model_dir: Path) -> 
     """Three trials named as SageMaker names them, and the best job with the real model."""
     sm = boto3.client("sagemaker", region_name=REGION)
     hyperparameters = {**static, **TUNED, "_tuning_objective_metric": "best_valid_acc"}
-    for i, lr in enumerate(TRIAL_LRS, 1):
-        training_job(f"{tuning_job}-{i:03d}-0a1b2c3d", {**hyperparameters, "lr": lr}, f"s3://{BUCKET}/seed")
+    for i, scale in enumerate(TRIAL_LR_SCALES, 1):
+        training_job(f"{tuning_job}-{i:03d}-0a1b2c3d", {**hyperparameters, "lr_scale": scale}, f"s3://{BUCKET}/seed")
     best = sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=tuning_job)["BestTrainingJob"]["TrainingJobName"]
     training_job(best, hyperparameters, f"s3://{BUCKET}/seed")
     put(f"seed/{best}/output/model.tar.gz", tar(model_dir))

@@ -55,7 +55,8 @@ def test_dry_run_prints_every_create_request_and_sends_nothing(aws, tmp_path):
         ([*GOOD, "--train-instance-type", "g5.2xlarge"], {}, "train_instance_type: 'g5.2xlarge' is not a SageMaker instance type"),
         (GOOD, {"IC_ENDPOINT_INSTANCE_TYPE": "ml.m5"}, "endpoint_instance_type: 'ml.m5' is not a SageMaker instance type"),
         ([*GOOD, "--set", 'subnets=["subnet-0123456789abcdef0"]'], {}, "subnets and security_group_ids go together"),
-        ([*GOOD, "--set", "search.lr=[0.1, 0.01]"], {}, "search.lr: need 0 < low < high"),
+        ([*GOOD, "--set", "search.lr_scale=[3, 0.3]"], {}, "search.lr_scale: need 0 < low < high"),
+        ([*GOOD, "--set", "search.lr=[0.0001, 0.01]"], {}, "lr: the tuning job now searches lr_scale, a factor on the learning rate"),
     ],
 )
 def test_bad_configuration_fails_before_any_request(aws, tmp_path, args, env, field):

@@ -140,10 +140,10 @@ def test_what_each_configuration_changes_in_the_requests(recorded):
 
 
 def test_grid_search_sends_categorical_ranges_and_no_job_limit(aws, tmp_path):
-    grid = {"strategy": "Grid", "search": {"lr_values": [0.001, 0.003], "weight_decay_values": [0.0001], "models": ["resnet18"]}}
+    grid = {"strategy": "Grid", "search": {"lr_scale_values": [0.5, 2.0], "weight_decay_values": [0.0001], "models": ["resnet18"]}}
     by = _checked(_dry_run(tmp_path, ["tune"], **grid))
     config = by["CreateHyperParameterTuningJob"][0]["HyperParameterTuningJobConfig"]
     assert "MaxNumberOfTrainingJobs" not in config["ResourceLimits"]
     assert not config["ParameterRanges"].get("ContinuousParameterRanges") and not config["ParameterRanges"].get("IntegerParameterRanges")
-    assert {r["Name"]: r["Values"] for r in config["ParameterRanges"]["CategoricalParameterRanges"]}["lr"] == ["0.001", "0.003"]
+    assert {r["Name"]: r["Values"] for r in config["ParameterRanges"]["CategoricalParameterRanges"]}["lr_scale"] == ["0.5", "2.0"]
     assert aws.requests() == []

@@ -66,7 +66,7 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
             run_id = (runs / "latest").read_text().strip() if (runs / "latest").is_file() else None
             if tag == "best":
                 tuning_job = f"ic-tune-{run_id}-1"  # names carry the attempt
-                seeding.tuning_results(tuning_job, {"image_size": "32", "epochs": "8"}, model_dir)
+                seeding.tuning_results(tuning_job, {"image_size": "32"}, model_dir)
             if tag == "train":
                 seeding.final_job_outputs(f"image-classifier/runs/{run_id}/final/ic-final-{run_id}-1", model_dir, output_dir)
             client.execute_cell(cell, index)
@@ -77,9 +77,9 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
     assert "run_id=" in outputs["setup"]
     assert "check=role status=ok" in outputs["check"] and "event=check_done problems=0" in outputs["check"], outputs["check"]
     assert "'train':" in outputs["data"] and "'pretrained':" in outputs["data"]
-    for lr in seeding.TRIAL_LRS:
-        assert f" {lr} " in outputs["best"], outputs["best"]
-    assert "best: FakeTrainingJobName" in outputs["best"] and "'lr': '0.003'" in outputs["best"]
+    for scale in seeding.TRIAL_LR_SCALES:
+        assert f" {scale} " in outputs["best"], outputs["best"]
+    assert "best: FakeTrainingJobName" in outputs["best"] and "'lr_scale': '1.2'" in outputs["best"]
     assert "status: completed" in outputs["train"] and "test_acc" in outputs["train"]
     assert "image/png" in json.dumps([c.get("outputs") for c in notebook.cells if (c.metadata.get("tags") or [""])[0] == "curves"])
     assert all(f"{e['probability']:.3f}  {e['label']}" in outputs["deploy"] for e in top), outputs["deploy"]

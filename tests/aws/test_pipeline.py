@@ -94,15 +94,17 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert config["TrainingJobEarlyStoppingType"] == "Auto"
     ranges = config["ParameterRanges"]
     continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
-    assert continuous["lr"] == {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01", "ScalingType": "Logarithmic"}
+    # centred on the trainer's rule: a factor on the rate it gives each trial's batch size and freeze
+    assert continuous["lr_scale"] == {"Name": "lr_scale", "MinValue": "0.3", "MaxValue": "3.0", "ScalingType": "Logarithmic"}
+    assert "lr" not in continuous
     assert continuous["weight_decay"]["ScalingType"] == "Logarithmic"
     categorical = {r["Name"]: r["Values"] for r in ranges["CategoricalParameterRanges"]}
     assert categorical == {"batch_size": ["32", "64", "128"], "freeze": ["head", "last:2", "none"], "model": ["resnet18", "resnet34"]}
     definition = tuning["TrainingJobDefinition"]
     assert definition["AlgorithmSpecification"]["MetricDefinitions"] == metric_definitions()
     assert definition["AlgorithmSpecification"]["TrainingImage"] == pinned_image()  # the newest push, by digest
-    # the backbone is searched, so it is a tuned hyperparameter, not a static one
-    assert definition["StaticHyperParameters"] == {"image_size": "32", "augment": "light", "epochs": "8"}
+    # the backbone is searched, so it is a tuned hyperparameter, not a static one; no epochs: the trainer's rule decides
+    assert definition["StaticHyperParameters"] == {"image_size": "32", "augment": "light"}
     assert definition["EnableManagedSpotTraining"] is True
     assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
     assert definition["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/image-classifier/checkpoints/{run_id}/tune"
@@ -117,7 +119,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     assert ctx.state.best_hyperparameters == {k: v for k, v in seeded_hps.items() if not k.startswith("_")}
     assert ctx.state.best_model_data == f"s3://{BUCKET}/seed/{best_name}/output/model.tar.gz"
     trials = json.loads((ctx.run_dir / "trials.json").read_text())
-    assert sorted(t["lr"] for t in trials) == ["0.001", "0.003", "0.01"]
+    assert sorted(t["lr_scale"] for t in trials) == sorted(seeding.TRIAL_LR_SCALES)
 
     # 3. the final, profiled job; its real model and reports are seeded where the job writes them
     final = ctx.next_name("final")
@@ -126,7 +128,7 @@ def test_end_to_end(aws, cfg, trained, digits_data, pretrained_dir, tmp_path, ca
     pipeline.run(["train"], ctx)
     sent = aws.sent("CreateTrainingJob")[-1]
     assert sent["TrainingJobName"] == final
-    assert sent["HyperParameters"] == {"model": "resnet18", "image_size": "32", "augment": "light", "epochs": "15", **TUNED}
+    assert sent["HyperParameters"] == {"model": "resnet18", "image_size": "32", "augment": "light", **TUNED}
     assert [r["RuleConfigurationName"] for r in sent["DebugRuleConfigurations"]] == [
         "VanishingGradient",
         "Overfit",

@@ -24,9 +24,9 @@ def _load(**overrides):
     ("overrides", "expected"),
     [
         ({"strategy": "Hyperband", "early_stopping": "Auto"}, "early_stopping: Hyperband stops unpromising trials itself"),
-        ({"strategy": "Grid"}, "search: Grid search takes categorical ranges only; lr and weight_decay are continuous"),
+        ({"strategy": "Grid"}, "search: Grid search takes categorical ranges only; lr_scale and weight_decay are continuous"),
         (
-            {"strategy": "Grid", "search": {"lr_values": [0.001, 0.01], "weight_decay_values": [0.0001]}, "max_jobs": 8},
+            {"strategy": "Grid", "search": {"lr_scale_values": [0.5, 2.0], "weight_decay_values": [0.0001]}, "max_jobs": 8},
             "max_jobs: Grid search runs every combination",
         ),
         (
@@ -87,7 +87,7 @@ def test_what_the_rules_leave_alone_loads_with_the_right_derived_values():
     hyperband = _load(strategy="Hyperband")
     assert hyperband.early_stopping_type == "Off"
     assert _load().early_stopping_type == "Auto" and _load().job_limit == 12
-    grid = _load(strategy="Grid", search={"lr_values": [0.001, 0.01], "weight_decay_values": [0.0001]})
+    grid = _load(strategy="Grid", search={"lr_scale_values": [0.5, 2.0], "weight_decay_values": [0.0001]})
     assert grid.job_limit is None
     # an alias is fine where every volume is local NVMe (nothing takes it there) and for outputs
     gpu = _load(kms_key_id="alias/team-key", train_instance_type="ml.g5.xlarge", clarify_instance_type="ml.g5.xlarge")
@@ -191,7 +191,7 @@ def test_the_example_configuration_loads_as_is_and_with_every_commented_field(tm
     assert uncommented.count("\n# ") < example.count("\n# ")
     (tmp_path / "config.toml").write_text(uncommented)
     cfg = load_config(tmp_path / "config.toml", environ={})
-    assert cfg.volume_kms_key_id and cfg.subnets and cfg.search.lr_values  # each from a commented line
+    assert cfg.volume_kms_key_id and cfg.subnets and cfg.search.lr_scale_values  # each from a commented line
 
 
 def test_gpu_hosts_the_image_can_run_on_load():

@@ -50,6 +50,20 @@ def test_the_backbone_trains_at_the_heads_rate_after_the_warm_up():
     assert recommend(_facts())["backbone_lr_mult"] == recommend(_facts(train_images=100_000))["backbone_lr_mult"] == 1.0
 
 
+@pytest.mark.parametrize(
+    ("given", "frozen", "expected"),
+    [({}, False, 3e-3 * 0.5), ({}, True, 9e-3 * 0.5), ({"lr": "0.02"}, False, 0.01)],
+)
+def test_lr_scale_multiplies_the_rate_whichever_way_it_was_set_and_is_spent_once(given, frozen, expected):
+    """The tuning job searches lr_scale, so every trial is centred on the rule's rate for its batch and freeze."""
+    hp = Hyperparameters.from_strings({**given, "lr_scale": "0.5", **({"freeze": "head"} if frozen else {})})
+    resolved, chosen = resolve(hp, _facts(frozen=frozen))
+    assert resolved.lr == pytest.approx(expected) and chosen["lr"] == pytest.approx(expected)
+    assert resolved.lr_scale == 1.0
+    again, _ = resolve(resolved, _facts(frozen=frozen))
+    assert again.lr == pytest.approx(expected)
+
+
 def test_warm_up_is_a_short_share_of_training():
     assert recommend(_facts(train_images=500))["warmup_epochs"] == 0.5
     assert recommend(_facts(train_images=50))["warmup_epochs"] == 1.0

@@ -97,6 +97,13 @@ def recommend(facts: Facts) -> dict[str, Any]:
 
 
 def resolve(hp: Hyperparameters, facts: Facts) -> tuple[Hyperparameters, dict[str, Any]]:
-    """``hp`` with every rule field the user did not give set by the rule; and those fields' values."""
+    """``hp`` with every rule field the user did not give set by the rule; and those fields' values.
+
+    ``lr_scale`` then multiplies the learning rate, given or chosen, and is spent (1.0 in the result, so
+    resolving twice changes nothing): a tuning job searches the scale, which centres every trial on the
+    rate the rule gives for that trial's batch size and freeze.
+    """
     chosen = {k: v for k, v in recommend(facts).items() if k not in hp.model_fields_set}
-    return hp.model_copy(update=chosen), chosen
+    if hp.lr_scale != 1.0:
+        chosen["lr"] = float(f"{chosen.get('lr', hp.lr) * hp.lr_scale:.4g}")
+    return hp.model_copy(update={**chosen, "lr_scale": 1.0}), chosen

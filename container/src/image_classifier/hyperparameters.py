@@ -53,6 +53,9 @@ class OptimisationSection(_Section):
     batch_size: int = Field(32, ge=1, le=4096)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(3e-3, ge=0.0, le=100.0, description="the head's learning rate; by the rule when not given")
+    lr_scale: float = Field(
+        1.0, gt=0.0, le=100.0, description="multiplies lr, given or by the rule (the tuning job searches it around the rule)"
+    )
     backbone_lr_mult: float = Field(
         0.3, ge=0.0, le=10.0, description="backbone lr = lr * this when fine-tuning; by the rule when not given"
     )

@@ -151,7 +151,9 @@ def resolve_defaults(hp: Hyperparameters, train_images: int, classes: int, world
     resolved, chosen = defaults.resolve(hp, facts)
     log.info(
         format_line(
-            "defaults", **{k: str(v) for k, v in chosen.items()}, given=",".join(sorted(set(defaults.RULE_FIELDS) - set(chosen))) or "none"
+            "defaults",
+            **{k: str(v) for k, v in chosen.items()},
+            given=",".join(sorted(set(defaults.RULE_FIELDS) & hp.model_fields_set)) or "none",
         )
     )
     return resolved
