@@ -142,6 +142,23 @@ def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> li
     return problems
 
 
+def _channels(where: str, definition: dict[str, Any]) -> list[str]:
+    """The trainer reads files (a folder or shards with a manifest) that every host holds whole."""
+    default_mode = definition.get("AlgorithmSpecification", {}).get("TrainingInputMode", "File")
+    problems = []
+    for index, channel in enumerate(definition.get("InputDataConfig", [])):
+        name = f"{where}InputDataConfig[{index}] ({channel.get('ChannelName')})"
+        if channel.get("InputMode", default_mode) == "Pipe":
+            problems.append(f"{name}.InputMode: Pipe streams records and the trainer reads files: use File, or FastFile for shards")
+        s3 = channel.get("DataSource", {}).get("S3DataSource", {})
+        if s3.get("S3DataDistributionType") == "ShardedByS3Key":
+            problems.append(
+                f"{name}.S3DataDistributionType: ShardedByS3Key gives each host different images, and the ranks of a "
+                "distributed job must take the same number of steps: use FullyReplicated (the trainer splits the work itself)"
+            )
+    return problems
+
+
 def _never(where: str, resources: dict[str, Any]) -> list[str]:
     reason = gpu_hosts.never(resources.get("InstanceType", ""))
     return [f"{where}.InstanceType: {reason}"] if reason else []
@@ -188,16 +205,18 @@ class RequestRules:
                 problems.append("HyperParameterTuningJobConfig.ParameterRanges: Grid search takes categorical ranges only")
             if config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs") is not None:
                 problems.append(f"HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs: {GRID_LIMIT}")
-        resources = params.get("TrainingJobDefinition", {}).get("ResourceConfig", {})
+        definition = params.get("TrainingJobDefinition", {})
+        resources = definition.get("ResourceConfig", {})
         return (
             problems
+            + _channels("TrainingJobDefinition.", definition)
             + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
             + _never("TrainingJobDefinition.ResourceConfig", resources)
         )
 
     def _CreateTrainingJob(self, params: dict[str, Any]) -> list[str]:
         resources = params.get("ResourceConfig", {})
-        return _volume("ResourceConfig", resources, alias_allowed=False) + _never("ResourceConfig", resources)
+        return _channels("", params) + _volume("ResourceConfig", resources, alias_allowed=False) + _never("ResourceConfig", resources)
 
     def _CreateTransformJob(self, params: dict[str, Any]) -> list[str]:
         resources = params.get("TransformResources", {})

@@ -55,6 +55,7 @@ class RunState(BaseModel):
     services: dict[str, str] = Field(default_factory=dict)  # debugger/profiler/clarify -> what they ended up as
     image_uri: str | None = None
     channels: dict[str, str] = Field(default_factory=dict)  # channel name -> s3 uri
+    sharded: list[str] = Field(default_factory=list)  # channels uploaded as shards: jobs read them with FastFile
     tuning_job: str | None = None
     best_job: str | None = None
     best_hyperparameters: dict[str, str] = Field(default_factory=dict)

@@ -23,7 +23,8 @@ def _inputs(ctx: Context, names: tuple[str, ...]) -> dict[str, Any]:
     missing = [n for n in REQUIRED_CHANNELS if n not in channels]
     if missing:
         raise StepError(f"run {ctx.state.run_id} has no channels {missing}: run the 'data' step first")
-    return {n: sdk.training_input(channels[n]) for n in names if n in channels}
+    sharded = set(ctx.state.sharded)
+    return {n: sdk.training_input(channels[n], sharded=n in sharded) for n in names if n in channels}
 
 
 def _static_hyperparameters(ctx: Context, epochs: int | None) -> dict[str, str]:
@@ -32,7 +33,7 @@ def _static_hyperparameters(ctx: Context, epochs: int | None) -> dict[str, str]:
 
 
 def step_data(ctx: Context) -> None:
-    """Split (if needed), pre-flight check, then upload the data set; skips unchanged files."""
+    """Split (if needed), pre-flight check, shards for a large set (``data_format``), then upload; skips unchanged files."""
     from deploy import data
 
     if not ctx.data:
@@ -41,16 +42,20 @@ def step_data(ctx: Context) -> None:
     prepared = data.prepare(ctx.data, work)
     ctx.state.classes = list(prepared.classes)
     counts = " ".join(f"{k}={v}" for k, v in prepared.counts.items())
-    if ctx.dry_run:  # the pre-flight ran for real; the upload would be one PutObject per changed file
+    said = f"event=data classes={len(prepared.classes)} {counts} unreadable={len(prepared.unreadable)}"
+    if ctx.dry_run:  # the pre-flight ran for real; no shard is written and nothing uploaded
+        sharded = [c for c in data.SHARDED_CHANNELS if c in prepared.channels]
+        ctx.state.sharded = sharded if data.choose_format(ctx.cfg.data_format, prepared) == "shards" else []
         ctx.state.channels.update({n: f"{ctx.cfg.s3_root}/data/{n}/" for n in prepared.channels})
-        ctx.say(f"event=data classes={len(prepared.classes)} {counts} unreadable={len(prepared.unreadable)} dry_run=not_uploaded")
+        ctx.say(f"{said} format={'shards' if ctx.state.sharded else 'folders'} dry_run=not_uploaded")
         return
-    uploaded = data.upload(prepared, ctx.aws.client("s3"), ctx.cfg.bucket, f"{ctx.cfg.prefix}/data", kms_key_id=ctx.cfg.kms_key_id)
-    ctx.state.channels.update(uploaded.channels)
-    ctx.say(
-        f"event=data classes={len(prepared.classes)} {counts} unreadable={len(prepared.unreadable)} "
-        f"uploaded={uploaded.uploaded} skipped={uploaded.skipped}"
+    shards = data.shard_if_chosen(prepared, ctx.cfg.data_format, work / "shards")
+    uploaded = data.upload(
+        prepared, ctx.aws.client("s3"), ctx.cfg.bucket, f"{ctx.cfg.prefix}/data", kms_key_id=ctx.cfg.kms_key_id, sharded=shards
     )
+    ctx.state.channels.update(uploaded.channels)
+    ctx.state.sharded = sorted(shards)
+    ctx.say(f"{said} format={'shards' if shards else 'folders'} uploaded={uploaded.uploaded} skipped={uploaded.skipped}")
     ctx.save()
 
 

@@ -151,6 +151,6 @@ def test_cli_prepares_and_uploads(endpoint, s3, bucket, tmp_path, prepared):
 
     assert result.returncode == 0, result.stderr[-3000:]
     line = result.stdout.strip()
-    assert line.startswith("event=data_ready layout=unsplit classes=3 ") and " unreadable=1 uploaded=36 skipped=0 " in line
+    assert line.startswith("event=data_ready layout=unsplit classes=3 ") and " unreadable=1 format=folders uploaded=36 skipped=0 " in line
     assert f"s3_train=s3://{bucket}/cli/train/" in line
     assert len(_objects(s3, bucket)) == 36

@@ -31,7 +31,10 @@ CONFIGS = {
         "transform_instance_type": "ml.g4dn.xlarge",
         "image_cuda_compat": True,
     },
+    # train and validation as shards (deploy.data): FastFile for them, File for the rest
+    "sharded_data": {"data_format": "shards"},
 }
+WITH_DATA = ("default", "sharded_data")
 GPU_ENDPOINT = ("gpu_endpoint", "gpu_compat_transform")  # Clarify's shadow endpoint takes no host image: no clarify step
 DIGEST = "@sha256:" + "0" * 64  # a dry run's placeholder for the pushed image's digest
 
@@ -59,10 +62,10 @@ def _checked(calls, cuda_compat=False):
 def recorded(request, tmp_path_factory, emulator):
     """emulator: only so that nothing could reach AWS; the dry run sends nothing anywhere."""
     name = request.param
-    steps = EVERY_STEP if name == "default" else [s for s in EVERY_STEP if s != "data"]  # data needs --data
+    steps = EVERY_STEP if name in WITH_DATA else [s for s in EVERY_STEP if s != "data"]  # data needs --data
     steps = [s for s in steps if s != "clarify" or name not in GPU_ENDPOINT]
     overrides = dict(CONFIGS[name])
-    if name == "default":  # the data step's real pre-flight on real images, nothing uploaded
+    if name in WITH_DATA:  # the data step's real pre-flight on real images, nothing uploaded
         overrides["data"] = str(request.getfixturevalue("digits_data"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_ENDPOINT_URL", emulator.url)
@@ -117,6 +120,10 @@ def test_what_each_configuration_changes_in_the_requests(recorded):
         assert processing["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == KEY_ARN
         assert processing["ProcessingOutputConfig"]["KmsKeyId"] == "alias/team-key"
         assert realtime["KmsKeyId"] == "alias/team-key"
+    channels = by["CreateHyperParameterTuningJob"][0]["TrainingJobDefinition"]["InputDataConfig"] + training["InputDataConfig"]
+    fast_file = {c["ChannelName"] for c in channels if c.get("InputMode") == "FastFile"}
+    assert fast_file == ({"train", "validation"} if name == "sharded_data" else set()), channels
+    assert all(c.get("InputMode", "File") in ("File", "FastFile") for c in channels)
     variant = realtime["ProductionVariants"][0]
     transform = by["CreateTransformJob"][0]
     if name not in GPU_ENDPOINT:  # CPU hosts: no host image asked for
