@@ -386,7 +386,7 @@ def from_args(args: argparse.Namespace) -> DeployConfig:
 
 def get_args(argv: list[str]) -> DeployConfig:
     """The configuration from config flags alone (the shell script checks it before building)."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the pipeline's --data is not --data-format
     add_arguments(parser)
     args, _ = parser.parse_known_args(argv)
     try:

@@ -159,7 +159,7 @@ def login(aws: Aws) -> tuple[str, str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("what", choices=["repository", "password", "registry"])
     config_module.add_arguments(parser)
     args, _ = parser.parse_known_args(argv)

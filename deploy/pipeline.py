@@ -34,7 +34,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import config as config_module
-from deploy import rules, signals
+from deploy import quiet, rules, signals
 from deploy.aws import Aws
 from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
@@ -174,6 +174,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample", type=Path, default=None, help="image to send to the endpoint (default: the first test image)")
     parser.add_argument("--all-runs", action="store_true", help="cleanup: every run of this project, not only this one")
     optional = ",".join(s.name for s in STEPS if s.optional)
+    parser.add_argument("--verbose", action="store_true", help="also the SageMaker SDK's and botocore's own messages, and debug lines")
     parser.add_argument("--with", dest="optional", default="", help=f"with 'all' (or 'check'): comma-separated {optional}")
     config_module.add_arguments(parser)
     return parser
@@ -208,8 +209,16 @@ def resolve_plan(args: argparse.Namespace, steps: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    quiet.quiet_sdk(verbose=args.verbose)
+    try:
+        return _main(args)
+    finally:
+        quiet.folded()
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         steps = resolve_steps(args)
         cfg = config_module.from_args(args)

@@ -23,6 +23,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from deploy.quiet import quiet_sdk
 from image_classifier.metrics import metric_definitions
 
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
@@ -34,9 +35,9 @@ FRAMEWORK_VERSION = "2.14"
 LOCAL_CODE_LOCATION = "s3://local-mode/code"
 
 
-def _quiet_sdk() -> None:
-    """No telemetry, no v2 banner, no network: every SDK call would otherwise try to phone home."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+def _quiet_sdk(verbose: bool = False) -> None:
+    """No telemetry, no v2 banner, no network, only our lines (``deploy.quiet``; ``--verbose`` shows the SDK's)."""
+    quiet_sdk(verbose=verbose)
     config = Path(tempfile.gettempdir()) / "sagemaker-telemetry-opt-out.yaml"
     config.write_text('SchemaVersion: "1.0"\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n')
     os.environ.setdefault("SAGEMAKER_USER_CONFIG_OVERRIDE", str(config))
@@ -161,7 +162,9 @@ def main() -> None:
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--hyperparameters", default=None, help="JSON object (default: <data>/../config/hyperparameters.json)")
     parser.add_argument("--sample", type=Path, help="image to predict (default: the first test image)")
+    parser.add_argument("--verbose", action="store_true", help="also the SageMaker SDK's own messages")
     args = parser.parse_args()
+    _quiet_sdk(args.verbose)
     hyperparameters = json.loads(args.hyperparameters) if args.hyperparameters else default_hyperparameters(args.data)
     estimator = train(args.image, args.data, args.output, hyperparameters, args.instance_type, args.instance_count)
     held_out = args.data / "test" if (args.data / "test").is_dir() else args.data / "validation"

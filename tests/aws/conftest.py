@@ -31,6 +31,17 @@ TRUST_SAGEMAKER = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
 
+# what the SDK and botocore print unless quieted (deploy/quiet.py): none of it may reach the user by default
+SDK_CHATTER = (
+    "will collect telemetry",
+    "Ignoring unnecessary instance type",
+    "sagemaker.config INFO",
+    "Found credentials",
+    "on path of deprecation",
+    "Creating training-job with name",
+    "No finished training job found",
+)
+
 
 @dataclass
 class Emulator:

@@ -13,7 +13,7 @@ import nbformat
 from nbclient import NotebookClient
 
 from tests.aws import seeding
-from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.aws.conftest import BUCKET, REGION, ROLE, SDK_CHATTER
 from tests.helpers import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "deploy" / "train_and_deploy.ipynb"
@@ -75,6 +75,7 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
 
     top = json.loads(answer)["predictions"][0]["top_k"]
     assert "run_id=" in outputs["setup"]
+    assert not [n for text in outputs.values() for n in SDK_CHATTER if n in text], outputs  # only our lines (deploy/quiet.py)
     assert "check=role status=ok" in outputs["check"] and "event=check_done problems=0" in outputs["check"], outputs["check"]
     assert "'train':" in outputs["data"] and "'pretrained':" in outputs["data"]
     for scale in seeding.TRIAL_LR_SCALES:

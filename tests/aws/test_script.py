@@ -15,7 +15,7 @@ import urllib.parse
 import boto3
 import pytest
 
-from tests.aws.conftest import BUCKET, REGION, ROLE
+from tests.aws.conftest import BUCKET, REGION, ROLE, SDK_CHATTER
 from tests.helpers import REPO_ROOT, VENV_BIN
 
 EQUALS_FORM = [f"--region={REGION}", f"--role-arn={ROLE}", f"--bucket={BUCKET}"]
@@ -45,6 +45,15 @@ def test_dry_run_needs_no_data_no_docker_and_sends_nothing(aws, tmp_path):
     operations = [c["operation"] for c in json.loads(result.stdout)]
     assert operations[:2] == ["CreateHyperParameterTuningJob", "CreateTrainingJob"] and "CreateEndpoint" in operations
     assert aws.requests() == []
+    said = [line for line in result.stderr.splitlines() if any(noise in line for noise in SDK_CHATTER)]
+    assert said == [], said  # only our lines
+    assert all(line.startswith(("event=", "push_and_train:")) for line in result.stderr.splitlines() if line.strip()), result.stderr
+
+
+def test_verbose_lets_the_sdk_speak(aws, tmp_path):
+    result = _script("--skip-build", "--dry-run", "--verbose", *EQUALS_FORM, tmp_path=tmp_path, DOCKER="/nonexistent/docker")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Creating training-job with name" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("form", ["--flag=value", "--flag value"])

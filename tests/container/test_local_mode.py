@@ -50,6 +50,8 @@ def test_the_readme_local_mode_block_fits_deploys_and_predicts(engine, image, tm
     assert "[\n" in ran.stdout, out[-2000:]
     top, _ = json.JSONDecoder().raw_decode(ran.stdout[ran.stdout.rindex("[\n") :])  # the top-5 local_mode prints
     assert len(top) == 5 and top[0]["label"] in FASHION_CLASSES, out[-2000:]
+    for noise in ("will collect telemetry", "on path of deprecation", "sagemaker.config INFO", "Ignoring unnecessary instance type"):
+        assert noise not in out, noise  # the SDK's chatter is folded away (deploy/quiet.py)
 
 
 def test_two_instances_train_with_ddp_across_containers(engine, image, digits_data, tmp_path):
