@@ -27,6 +27,7 @@ from image_classifier.data.shards import MANIFEST, Manifest
 from image_classifier.errors import UserError
 from image_classifier.metrics import format_line
 from image_classifier.modeling.weights_io import sha256_of
+from image_classifier.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,17 @@ def sync(
             )
         pool_size = workers or s3_client.meta.config.max_pool_connections
         sent: list[int | None] = []
-        with ThreadPoolExecutor(max_workers=pool_size) as pool:
+        total = sum(path.stat().st_size for path, _ in keyed.values())
+        with ThreadPoolExecutor(max_workers=pool_size) as pool, Progress("upload", total=total, unit="B", objects=len(keyed)) as progress:
+
+            def one(key: str) -> int | None:
+                path, digest = keyed[key]
+                result = _sync_one(s3_client, bucket, key, path, digest, existing.get(key), kms_key_id=kms_key_id, parts=parts)
+                progress.update(path.stat().st_size)
+                return result
+
             for batch in ([k for k in keyed if k not in last], sorted(last)):
-                sent += pool.map(
-                    lambda key: _sync_one(s3_client, bucket, key, *keyed[key], existing.get(key), kms_key_id=kms_key_id, parts=parts),
-                    batch,
-                )
+                sent += pool.map(one, batch)
         for start in range(0, len(stale), 1000):
             answer = s3_client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in stale[start : start + 1000]]})
             if answer.get("Errors"):

@@ -186,7 +186,8 @@ def free_port() -> int:
 class ServeProcess:
     """``serve`` as a real process (front + multi-model-server + workers) on 127.0.0.1."""
 
-    def __init__(self, base: Path, tmp: Path, **env: str):
+    def __init__(self, base: Path, tmp: Path, *, own_group: bool = False, **env: str):
+        """``own_group``: serve leads a process group of its own, so a test can signal the whole group (Ctrl-C)."""
         import subprocess
 
         self.port = free_port()
@@ -201,7 +202,9 @@ class ServeProcess:
             {"SAGEMAKER_BIND_TO_PORT": str(self.port), "IMAGE_CLASSIFIER_MMS_PORT": str(self.mms_port), "TMPDIR": str(tmp), **env}
         )
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(["serve"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp)
+        self.process = subprocess.Popen(
+            ["serve"], env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=own_group
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     def log(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -59,7 +60,9 @@ def test_auto_shards_from_the_threshold_and_the_user_can_choose(photos, tmp_path
     assert choose_format("auto", prepared) == "shards" and choose_format("folders", prepared) == "folders"
 
 
-def test_shards_go_up_in_parts_with_the_key_manifest_last_and_a_rerun_sends_nothing(aws, s3, photos, tmp_path, monkeypatch):
+def test_shards_go_up_in_parts_with_the_key_manifest_last_and_a_rerun_sends_nothing(aws, s3, photos, tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("IMAGE_CLASSIFIER_PROGRESS", "lines")
     monkeypatch.setattr(data_upload, "MULTIPART_BYTES", PARTS)
     key_arn = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
     prepared = prepare(str(photos), tmp_path / "work", seed=1)
@@ -88,6 +91,9 @@ def test_shards_go_up_in_parts_with_the_key_manifest_last_and_a_rerun_sends_noth
     assert "manifest.json" in writes[-1] and all("manifest.json" not in w for w in writes[:-1])  # the manifest last
     body = s3.get_object(Bucket=BUCKET, Key="p/data/train/shard-000000.tar")["Body"].read()
     assert len(parse_samples(body)) == manifest.samples  # what a job reads back parses whole
+
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("event=progress_done what=upload ")]
+    assert done and f" items={result.uploaded} " in done[0] and " unit=B " in done[0], done  # bytes, objects, rate
 
     again = upload(prepared, s3, BUCKET, "p/data", kms_key_id=key_arn, sharded=shards)
     assert again.uploaded == 0 and again.skipped == result.uploaded  # shards re-written from the same images: same bytes

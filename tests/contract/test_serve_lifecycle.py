@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
 import time
 
 import psutil
+import pytest
+import requests
 
+from tests.contract.test_serve_load import payloads
 from tests.helpers import ServeProcess
 
 
@@ -31,6 +37,43 @@ def test_sigterm_leaves_no_process_and_no_pid_file(digits_job, tmp_path):
     assert list((tmp_path / "tmp").glob("serve-*")) == []  # config, model store, MMS pid file: all gone
     assert "event=shutdown reason=signal" in server.log() and "event=mms_stopped" in server.log()
     assert not list((tmp_path / "tmp").rglob(".model_server.pid"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_group_during_traffic_answers_or_refuses_cleanly(digits_job, digits_data, tmp_path, sig):
+    """Ctrl-C in a terminal or `docker compose down` signal every process of serve at once, workers included."""
+    server = ServeProcess(digits_job[0], tmp_path / "tmp", own_group=True)
+    server.wait_ready()
+    body = payloads(digits_data)[1][1]
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            try:
+                answer = requests.post(f"{server.url}/invocations", data=body, headers={"Content-Type": "image/jpeg"}, timeout=30)
+                outcomes.append(str(answer.status_code) if answer.status_code == 200 else f"{answer.status_code} {answer.text[:200]}")
+            except requests.ConnectionError as exc:
+                outcomes.append("refused" if "refused" in str(exc).lower() else f"broken {exc}")
+                time.sleep(0.05)
+
+    clients = [threading.Thread(target=traffic) for _ in range(4)]
+    for client in clients:
+        client.start()
+    while outcomes.count("200") < 20:  # traffic is flowing
+        time.sleep(0.05)
+    os.killpg(server.process.pid, sig)
+    server.process.wait(timeout=30)  # inside SageMaker's 30 s grace period (1.5-1.8 s here)
+    time.sleep(0.5)
+    stop.set()
+    for client in clients:
+        client.join(timeout=35)
+    log = server.log()
+    unclean = [o for o in outcomes if o not in ("200", "refused") and not o.startswith("503 ")]
+    assert unclean == [], unclean[:5]
+    assert server.process.returncode in (0, 128 + sig, -sig), server.process.returncode
+    assert "Traceback" not in log, log[-3000:]
+    assert "event=shutdown reason=signal" in log
 
 
 def test_missing_artifact_fails_start_up_with_a_reason(tmp_path):

@@ -14,6 +14,8 @@ from typing import BinaryIO
 
 from PIL import Image, ImageFile, ImageOps
 
+from image_classifier.progress import Progress
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
@@ -56,7 +58,11 @@ def _check(path: Path) -> str | None:
 
 
 def find_unreadable(paths: list[Path], workers: int = 4) -> dict[Path, str]:
-    """Fully decode every file (reduced-scale for JPEG) and return the ones that fail, with why."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_check, paths, chunksize=64)
-        return {p: r for p, r in zip(paths, results, strict=True) if r is not None}
+    """Fully decode every file (reduced-scale for JPEG) and return the ones that fail, with why (progress as it goes)."""
+    found: dict[Path, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, Progress("image_check", total=len(paths), unit="images") as progress:
+        for path, reason in zip(paths, pool.map(_check, paths, chunksize=64), strict=True):
+            progress.update(1)
+            if reason is not None:
+                found[path] = reason
+    return found
