@@ -3,13 +3,15 @@ and the model that batch transform and Clarify reuse."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
-
-from botocore.exceptions import WaiterError
 
 from deploy import autoscaling, gpu_hosts, results, sdk
 from deploy.context import Context, StepError
 from deploy.tags import tag_list
+
+ENDPOINT_POLL_SECONDS = 30.0
+ENDPOINT_WAIT_SECONDS = 3600
 
 
 def confirm(ctx: Context, what: str) -> None:
@@ -18,15 +20,23 @@ def confirm(ctx: Context, what: str) -> None:
 
 
 def wait_in_service(ctx: Context, endpoint: str) -> None:
-    """botocore's waiter looks at once, then every 30 s for up to an hour (the SDK's own wait sleeps 30 s before its first look)."""
+    """Looks at once, then every ``ENDPOINT_POLL_SECONDS`` for up to an hour, saying each time how long it has
+    waited (endpoints take 5-10 minutes: the user sees the wait move, as botocore's silent waiter did not)."""
     if ctx.dry_run:
         return
     sm = ctx.aws.client("sagemaker")
-    try:
-        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint)
-    except WaiterError as exc:
-        reason = exc.last_response.get("FailureReason") or str(exc)
-        raise StepError(f"endpoint {endpoint} did not come into service: {reason}") from exc
+    started = time.monotonic()
+    while True:
+        described = sm.describe_endpoint(EndpointName=endpoint)
+        status, elapsed = described["EndpointStatus"], time.monotonic() - started
+        waited = round(elapsed)
+        if status == "InService":
+            return
+        if status in ("Failed", "OutOfService", "Deleting") or elapsed > ENDPOINT_WAIT_SECONDS:
+            reason = described.get("FailureReason") or f"still {status} after {waited} s"
+            raise StepError(f"endpoint {endpoint} did not come into service: {reason}")
+        ctx.say(f"event=endpoint_waiting endpoint={endpoint} status={status} waited_s={waited}")
+        time.sleep(ENDPOINT_POLL_SECONDS)
 
 
 def step_deploy(ctx: Context) -> None:

@@ -21,6 +21,7 @@ from deploy.config import ConfigError, load_config
 from deploy.context import StepError
 from deploy.rules import RequestRules
 from deploy.state import RunState
+from deploy.steps import hosting
 from image_classifier import params
 from tests.aws.conftest import BUCKET, REGION, ROLE
 from tests.aws.gate import Gate
@@ -180,6 +181,18 @@ def test_a_failed_async_request_fails_the_step_and_leaves_nothing(gate, aws, tmp
     assert "event=teardown kind=alarm name=ic-async-async2-1-backlog-without-capacity action=deleted" in out
     assert f"event=teardown kind=scalable-target name={ALL_TRAFFIC.format('ic-async-async2-1')} action=deleted" in out
     assert ctx.state.async_endpoint is None
+
+
+def test_the_wait_for_an_endpoint_says_how_long_and_a_failure_says_why(gate, aws, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hosting, "ENDPOINT_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(hosting, "ENDPOINT_WAIT_SECONDS", 0.1)
+    gate.hold("endpoint", r"^ic-endpoint-slow-", "Creating")
+    with pytest.raises(StepError, match=r"endpoint ic-endpoint-slow-1 did not come into service: still Creating after 0 s"):
+        pipeline.run(["deploy"], _context(tmp_path, "slow"))
+    assert "event=endpoint_waiting endpoint=ic-endpoint-slow-1 status=Creating waited_s=0" in capsys.readouterr().out
+    gate.hold("endpoint", r"^ic-endpoint-broken-", "Failed", FailureReason="The primary container failed the ping health check.")
+    with pytest.raises(StepError, match=r"ic-endpoint-broken-1 did not come into service: The primary container failed the ping"):
+        pipeline.run(["deploy"], _context(tmp_path, "broken"))
 
 
 def test_real_time_autoscaling_is_registered_then_removed_with_the_endpoint(gate, aws, tmp_path, capsys):
