@@ -26,6 +26,10 @@ StopProcessingJob). So this proxy forwards every request to the emulator unchang
   decodes every request body as UTF-8 and answers 500 otherwise (it answers queued results
   whatever the body).
 
+- UpdateEndpoint (moto 5.2.5 lacks it) and the deployment states it starts (Updating, then InService on
+  the new configuration, or RollingBack to the old one when an alarm of the update is in ALARM), and
+  UpdateModelPackage's customer metadata kept: ``tests/aws/rollouts.py``.
+
 Every request is logged (operation, JSON body) for the test to read. The client under test
 is real (botocore, the SDK, the pipeline process), and so is the emulator behind the proxy.
 """
