@@ -34,8 +34,9 @@ def _serving_run(ctx: Context, endpoint: str) -> str:
     try:
         variants = sm.describe_endpoint_config(EndpointConfigName=described["EndpointConfigName"]).get("ProductionVariants", [])
         package = sm.describe_model(ModelName=variants[0]["ModelName"]).get("PrimaryContainer", {}).get("ModelPackageName")
-        if package:
-            return str(sm.describe_model_package(ModelPackageName=package).get("CustomerMetadataProperties", {}).get("run_id"))
+        metadata = sm.describe_model_package(ModelPackageName=package).get("CustomerMetadataProperties") or {} if package else {}
+        if metadata.get("run_id"):
+            return str(metadata["run_id"])
     except (ClientError, IndexError, KeyError):
         pass
     return ctx.state.run_id

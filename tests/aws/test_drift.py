@@ -20,6 +20,7 @@ from deploy import pipeline
 from deploy.config import load_config
 from deploy.state import RunState
 from deploy.steps.drift import DriftFound
+from tests.aws import seeding
 from tests.aws.conftest import BUCKET, REGION, ROLE
 
 CLASSES = {"cat": (40, 0.9, 0.9), "dog": (40, 0.8, 0.85), "bird": (20, 0.7, 0.6)}  # support, precision, recall
@@ -61,21 +62,18 @@ def seed(tmp_path):
 
 
 def record(raw: bytes, label: str, probability: float, as_json: bool) -> str:
-    if as_json:
-        body = json.dumps({"instances": [{"b64": base64.b64encode(raw).decode()}]})
-        request = {"observedContentType": "application/json", "mode": "INPUT", "data": body, "encoding": "JSON"}
-    else:
-        request = {"observedContentType": "image/png", "mode": "INPUT", "data": base64.b64encode(raw).decode(), "encoding": "BASE64"}
     answer = json.dumps(
         {"predictions": [{"label": label, "probability": probability, "top_k": [{"label": label, "probability": probability}]}]}
     )
-    output = {"observedContentType": "application/json", "mode": "OUTPUT", "data": answer, "encoding": "JSON"}
-    return json.dumps({"captureData": {"endpointInput": request, "endpointOutput": output}, "eventMetadata": {"eventId": "e"}})
+    if as_json:
+        return seeding.capture_record(
+            json.dumps({"instances": [{"b64": base64.b64encode(raw).decode()}]}).encode(), "application/json", answer
+        )
+    return seeding.capture_record(raw, "image/png", answer)
 
 
 def capture(lines: list[str], hour: str) -> None:
-    key = f"image-classifier/capture/prod/prod/AllTraffic/2026/12/05/{hour}/00-00-000-{hour}.jsonl"
-    boto3.client("s3", region_name=REGION).put_object(Bucket=BUCKET, Key=key, Body="\n".join(lines).encode())
+    seeding.captured("prod", lines, hour)
 
 
 def drawn_from_the_test_set(test_images: list[bytes], n: int) -> list[str]:
