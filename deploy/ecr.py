@@ -176,6 +176,9 @@ def protect(aws: Aws, cfg: DeployConfig, image_uri: str, tag: str, say: Callable
         say(f"event=image_not_protected image={image_uri} reason=not_an_ECR_image_by_digest")
         return False
     ecr, name, digest = aws.client("ecr"), found["name"], image_uri.split("@", 1)[1]
+    if aws.dry_run is not None:  # what the tag costs: the image's own manifest put again under the new tag
+        ecr.put_image(repositoryName=name, imageManifest="<the image's manifest (BatchGetImage)>", imageTag=tag, imageDigest=digest)
+        return True
     image = ecr.batch_get_image(repositoryName=name, imageIds=[{"imageDigest": digest}])["images"]
     if not image:
         raise ImageError(f"{image_uri} is not in ECR any more: register a model whose image exists")

@@ -56,11 +56,10 @@ def step_register(ctx: Context) -> None:
     )
     arn = sm.create_model_package(**request)["ModelPackageArn"]
     version = int(arn.rsplit("/", 1)[-1]) if arn.rsplit("/", 1)[-1].isdigit() else 0  # a dry run's placeholder: 0
-    if not ctx.dry_run:  # the image stays in ECR as long as the version may serve (deploy.ecr.protect)
-        try:
-            ecr.protect(ctx.aws, ctx.cfg, image, f"{ecr.PROTECTED_PREFIX}{group}-v{version}", ctx.say)
-        except ecr.ImageError as exc:
-            raise StepError(str(exc)) from None
+    try:  # the image stays in ECR as long as the version may serve (deploy.ecr.protect)
+        ecr.protect(ctx.aws, ctx.cfg, image, f"{ecr.PROTECTED_PREFIX}{group}-v{version}", ctx.say)
+    except ecr.ImageError as exc:
+        raise StepError(str(exc)) from None
     ctx.state.registered_version = version
     ctx.save()
     figures = " ".join(f"{k}={metadata[k]}" for k in ("test_acc", "ece_after") if k in metadata)

@@ -90,6 +90,7 @@ def test_every_request_passes_the_service_model_and_the_rules(recorded):
         "PutMetricAlarm",
         "AddTags",
         "DeleteEndpoint",
+        "PutImage",
     }
     assert expected <= set(by_operation), name
     images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateHyperParameterTuningJob"]]
