@@ -76,7 +76,7 @@ def metrics_document(card: dict[str, Any]) -> dict[str, Any]:
     return {"version": 0.0, "multiclass_classification_metrics": quality, "classes": card.get("classes", [])}
 
 
-def headline(card: dict[str, Any], *, run_id: str, final_job: str, tuning_job: str | None, card_uri: str) -> dict[str, str]:
+def headline(card: dict[str, Any], *, run_id: str, final_job: str, tuning_job: str | None, card_uri: str | None) -> dict[str, str]:
     """CustomerMetadataProperties: short values only (letters, digits, spaces and ``_.:/=+-@``; at most 256)."""
     metrics = card.get("metrics") or {}
     out = {"run_id": run_id, "training_job": final_job, "architecture": str(card.get("architecture", "unknown"))}
@@ -93,7 +93,8 @@ def headline(card: dict[str, Any], *, run_id: str, final_job: str, tuning_job: s
     out["classes"] = str(card.get("num_classes", len(card.get("classes", []))))
     if card.get("weights_sha256"):
         out["weights_sha256"] = str(card["weights_sha256"])
-    out["model_card"] = card_uri
+    if card_uri:
+        out["model_card"] = card_uri
     return out
 
 

@@ -35,14 +35,21 @@ def step_register(ctx: Context) -> None:
             return
         try:
             card = results.model_card(ctx.aws.client("s3"), model_data)
-        except ValueError as exc:
-            raise StepError(str(exc)) from None
+        except ValueError as exc:  # a script-mode model may carry no card: registered without its figures
+            ctx.say(f"event=no_model_card model_data={model_data} detail={str(exc)!r}")
     prefix = f"{ctx.cfg.s3_root}/runs/{ctx.state.run_id}/registry"
     card_uri, metrics_uri = f"{prefix}/model_card.json", f"{prefix}/model_metrics.json"
-    _put_json(ctx, card_uri, card)
+    if card or ctx.dry_run:
+        _put_json(ctx, card_uri, card)
     _put_json(ctx, metrics_uri, registry.metrics_document(card))
     registry.ensure_group(sm, group, tag_list(None, ctx.cfg.tags), dry_run=ctx.dry_run)
-    metadata = registry.headline(card, run_id=ctx.state.run_id, final_job=final_job, tuning_job=ctx.state.tuning_job, card_uri=card_uri)
+    metadata = registry.headline(
+        card,
+        run_id=ctx.state.run_id,
+        final_job=final_job,
+        tuning_job=ctx.state.tuning_job,
+        card_uri=card_uri if card or ctx.dry_run else None,
+    )
     image = ctx.image_uri()
     request = registry.package_request(
         group=group,

@@ -288,3 +288,17 @@ def test_update_requests_sagemaker_would_refuse_are_stopped(gate, aws, tmp_path)
             EndpointName=ENDPOINT, EndpointConfigName=config, DeploymentConfig={"AutoRollbackConfiguration": {"Alarms": eleven}}
         )
     assert gate.calls("UpdateEndpoint") == []
+
+
+def test_a_model_without_a_card_is_registered_without_its_figures(gate, aws, tmp_path, capsys):
+    """Script mode's own code may write no model card: the version still names image, artifact and jobs."""
+    folder = tmp_path / "bare"
+    folder.mkdir()
+    (folder / "model.pt").write_bytes(b"weights of the user's own code")
+    cfg = seed_run(tmp_path, "bare", 0.5)
+    seeding.put("image-classifier/runs/bare/final/ic-final-bare-1/output/model.tar.gz", seeding.tar(folder))  # no card in it
+    run(cfg, "bare", ["register"])
+    (request,) = gate.calls("CreateModelPackage")
+    assert "test_acc" not in request["CustomerMetadataProperties"] and "model_card" not in request["CustomerMetadataProperties"]
+    assert request["CustomerMetadataProperties"]["training_job"] == "ic-final-bare-1"
+    assert "event=no_model_card" in capsys.readouterr().out
