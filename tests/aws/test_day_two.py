@@ -302,3 +302,48 @@ def test_a_model_without_a_card_is_registered_without_its_figures(gate, aws, tmp
     assert "test_acc" not in request["CustomerMetadataProperties"] and "model_card" not in request["CustomerMetadataProperties"]
     assert request["CustomerMetadataProperties"]["training_job"] == "ic-final-bare-1"
     assert "event=no_model_card" in capsys.readouterr().out
+
+
+def test_sigterm_to_a_real_promote_mid_rollout_leaves_the_endpoint_serving_and_the_rollout_in_the_runs_state(gate, aws, tmp_path):
+    """A real ``python -m deploy.pipeline promote`` waiting on an update that does not end, then SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO_ROOT
+
+    sm = boto3.client("sagemaker")
+    first_run_serving(gate, tmp_path)
+    before = serving_config(sm)
+    cfg2 = seed_run(tmp_path, "term", 0.93)
+    run(cfg2, "term", ["register", "approve"], version=2)
+    gate.rollouts.describes = 10**6  # Updating until the test says otherwise
+    account = ["--region", REGION, "--role-arn", ROLE, "--bucket", BUCKET, "--runs-dir", str(tmp_path / "runs")]
+    args = ["promote", "--endpoint", ENDPOINT, "--run-id", "term", "--yes", "--set", "rollout.poll_s=0.05", *account]
+    env = {**os.environ, "AWS_ENDPOINT_URL": gate.url}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.pipeline", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not gate.calls("UpdateEndpoint") or len(gate.calls("DescribeEndpoint")) < 4:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate(timeout=10)
+        time.sleep(0.1)
+    time.sleep(0.3)  # inside the rollout's wait
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-3000:]
+    new = gate.calls("UpdateEndpoint")[0]["EndpointConfigName"]
+    assert f"event=teardown kind=endpoint-config name={new} action=in_use" in out, out
+    assert gate.calls("DeleteEndpoint") == [] and gate.calls("DeleteEndpointConfig") == [] and gate.calls("DeleteModel") == []
+    described = sm.describe_endpoint(EndpointName=ENDPOINT)
+    assert described["EndpointStatus"] == "Updating" and described["EndpointConfigName"] == before  # still serving the old fleet
+    state = RunState.model_validate_json((tmp_path / "runs" / "term" / "state.json").read_text())
+    created = {("model", gate.calls("CreateModel")[-1]["ModelName"]), ("endpoint-config", new)}
+    assert created <= {(r.kind, r.name) for r in state.resources}  # nothing of the rollout outside the run's state
