@@ -347,3 +347,16 @@ def test_sigterm_to_a_real_promote_mid_rollout_leaves_the_endpoint_serving_and_t
     state = RunState.model_validate_json((tmp_path / "runs" / "term" / "state.json").read_text())
     created = {("model", gate.calls("CreateModel")[-1]["ModelName"]), ("endpoint-config", new)}
     assert created <= {(r.kind, r.name) for r in state.resources}  # nothing of the rollout outside the run's state
+
+
+def test_a_fleet_of_two_takes_the_new_version_as_a_canary(gate, aws, tmp_path):
+    cfg = seed_run(tmp_path, "wide", 0.9, rollout={"poll_s": 0.01, "bake_s": 300, "instance_count": 2})
+    run(cfg, "wide", ["register", "approve"], version=1)
+    run(cfg, "wide", ["promote"])
+    cfg2 = seed_run(tmp_path, "wide2", 0.92)  # its own instance_count (1) is for new endpoints: the fleet keeps its 2
+    run(cfg2, "wide2", ["register", "approve"], version=2)
+    run(cfg2, "wide2", ["promote"])
+    (update,) = gate.calls("UpdateEndpoint")
+    routing = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]
+    assert routing == {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}, "WaitIntervalInSeconds": 300}
+    assert gate.calls("CreateEndpointConfig")[-1]["ProductionVariants"][0]["InitialInstanceCount"] == 2
