@@ -5,7 +5,8 @@ running tuning, training, transform and processing jobs are stopped; endpoints, 
 configs and models are deleted, and with them the autoscaling targets (and their policies) and the
 CloudWatch alarms of the run (``find_scaling``). A resource is ours when it carries ``project=image-classifier``;
 with a run id, only that run's (``deploy.tags``). Untagged resources and other projects' are
-never touched, whatever their names.
+never touched, whatever their names; nor are a promoted endpoint and its alarms, which the registry
+group owns (``deploy.ownership``: ``retire`` deletes them), nor the configuration and model an endpoint uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from deploy.ownership import owned
 from deploy.state import Resource
 from deploy.tags import ours
 from deploy.teardown import SCALABLE_DIMENSION
@@ -62,7 +64,8 @@ def find(sm: Any, run_id: str | None) -> list[Resource]:
     for kind, (list_call, key, arn_key, name_key, arguments) in _LISTINGS.items():
         for page in sm.get_paginator(list_call).paginate(**arguments):
             for item in page.get(key, []):
-                if ours(_tags(sm, item[arn_key]), run_id):
+                tags = _tags(sm, item[arn_key])
+                if ours(tags, run_id) and not owned(tags):
                     found.append(Resource(kind=kind, name=item[name_key]))
     log.info("event=cleanup_found run_id=%s resources=%d", run_id or "all", len(found))
     return found
@@ -82,7 +85,8 @@ def find_scaling(autoscaling: Any, cloudwatch: Any, run_id: str | None) -> list[
     for page in cloudwatch.get_paginator("describe_alarms").paginate(AlarmNamePrefix="ic-"):
         for alarm in page.get("MetricAlarms", []):
             tags = cloudwatch.list_tags_for_resource(ResourceARN=alarm["AlarmArn"]).get("Tags", [])
-            if ours({t["Key"]: t["Value"] for t in tags}, run_id):
+            tags_of = {t["Key"]: t["Value"] for t in tags}
+            if ours(tags_of, run_id) and not owned(tags_of):
                 found.append(Resource(kind="alarm", name=alarm["AlarmName"]))
     log.info("event=cleanup_found_scaling run_id=%s resources=%d", run_id or "all", len(found))
     return found

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deploy import gpu_hosts, instances, kms, rules
+from deploy.day_two_options import CaptureOptions, DriftOptions, RegistryOptions, RolloutOptions
 from deploy.hosting_options import AsyncOptions, AutoscalingOptions, ServerlessOptions
 from deploy.search_space import SearchSpace
 from deploy.service_model import enum
@@ -121,6 +122,11 @@ class DeployConfig(BaseModel):
     teardown_poll_s: float = Field(15.0, gt=0, description="how often teardown re-checks such an endpoint")
     teardown_wait_s: int = Field(1800, ge=0, description="how long teardown waits for it before giving up")
     tags: dict[str, str] = Field(default_factory=dict, description="extra tags on every resource")
+    # day two (deploy.day_two_options): the registry, promote's rollout, data capture, drift
+    model_registry: RegistryOptions = Field(default_factory=RegistryOptions)
+    rollout: RolloutOptions = Field(default_factory=RolloutOptions)
+    capture: CaptureOptions = Field(default_factory=CaptureOptions)
+    drift: DriftOptions = Field(default_factory=DriftOptions)
     runs_dir: Path = Path("deploy/runs")
 
     @field_validator("region")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import ecr, sdk, teardown
+from deploy import ecr, ownership, sdk, teardown
 from deploy.aws import Aws
 from deploy.config import DeployConfig
 from deploy.state import Resource, RunState
@@ -38,6 +38,9 @@ class Context:
     pretrained_dir: Path | None = None
     sample: Path | None = None
     all_runs: bool = False
+    version: int | None = None  # models/approve/reject/promote: a version of the registry group
+    endpoint_name: str | None = None  # promote/retire/drift: the endpoint clients call
+    reason: str | None = None  # approve/reject: the approval description
     plan: list[str] = field(default_factory=list)  # the steps of this invocation (the pre-flight checks their quotas)
     lines: list[str] = field(default_factory=list)
     _sagemaker: Any = None
@@ -110,7 +113,17 @@ class Context:
         if not resources or self.dry_run:
             return []
         waiting = teardown.Waiting(self.cfg.teardown_poll_s, self.cfg.teardown_wait_s)
+        rollout = [r for r in resources if ownership.is_rollout_resource(r)]
+        resources = [r for r in resources if r not in rollout]
         outcomes = teardown.release(self.aws.client, resources, keep_hosting=keep_hosting, waiting=waiting, say=self.say)
+        if rollout:  # after the endpoints went: what an endpoint still uses (or is rolling out to) stays
+            used = ownership.in_use(self.aws.client("sagemaker"))
+            spared = [r for r in rollout if (r.kind, r.name) in used]
+            for resource in spared:
+                self.say(f"event=teardown kind={resource.kind} name={resource.name} action=in_use")
+            free = [r for r in rollout if r not in spared]
+            outcomes += teardown.release(self.aws.client, free, keep_hosting=keep_hosting, waiting=waiting, say=self.say)
+            outcomes += [teardown.Outcome(r, "kept", "in use by an endpoint") for r in spared]
         for line in teardown.summary(outcomes, reason):
             self.say(line)
         gone = {(o.resource.kind, o.resource.name) for o in outcomes if o.action in ("deleted", "absent")}

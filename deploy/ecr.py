@@ -62,16 +62,33 @@ def build_tag(now: float | None = None) -> str:
     return f"{stamp}-{revision}" if revision else stamp
 
 
+PROTECTED_PREFIX = "ic-keep-"  # a registered model's image: ic-keep-<group>-v<version> (deploy.registry)
+PROTECT_RULE = "images of registered models (tags ic-keep-*) are kept: lower-priority rules cannot expire them"
+
+
 def lifecycle_policy(kept: int) -> str:
+    """ECR cannot exclude images from a rule, but an image a rule's tag selection matches is never expired by a
+    rule of lower priority: the first rule selects the protected tags and expires only beyond ECR's image limit."""
     rules = [
         {
             "rulePriority": 1,
+            "description": PROTECT_RULE,
+            "selection": {
+                "tagStatus": "tagged",
+                "tagPrefixList": [PROTECTED_PREFIX],
+                "countType": "imageCountMoreThan",
+                "countNumber": 10000,
+            },
+            "action": {"type": "expire"},
+        },
+        {
+            "rulePriority": 2,
             "description": "untagged images (a tag moved to a newer push) expire after a day",
             "selection": {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 1},
             "action": {"type": "expire"},
         },
         {
-            "rulePriority": 2,  # a rule on every image comes last
+            "rulePriority": 3,  # a rule on every image comes last
             "description": f"only the newest {kept} images are kept",
             "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": kept},
             "action": {"type": "expire"},
@@ -149,6 +166,46 @@ def pinned(aws: Aws, cfg: DeployConfig, say: Callable[[str], None]) -> str:
         raise ImageError(f"ECR repository {found['name']} has no {what}: push the image first (deploy/push_and_train.sh --push-only)")
     say(f"event=image image={repository_uri}@{digest} tag={tag or 'newest'}")
     return f"{repository_uri}@{digest}"
+
+
+def protect(aws: Aws, cfg: DeployConfig, image_uri: str, tag: str, say: Callable[[str], None]) -> bool:
+    """Tag the image ``image_uri`` (by digest) with ``tag`` (``PROTECTED_PREFIX``...), so the lifecycle keeps it; and give the
+    repository the protecting rule when its policy is ours without it. False when the image is not in this account's ECR."""
+    found = _ECR_URI.match(image_uri.split("@", 1)[0])
+    if found is None or "@sha256:" not in image_uri:
+        say(f"event=image_not_protected image={image_uri} reason=not_an_ECR_image_by_digest")
+        return False
+    ecr, name, digest = aws.client("ecr"), found["name"], image_uri.split("@", 1)[1]
+    if aws.dry_run is not None:  # what the tag costs: the image's own manifest put again under the new tag
+        ecr.put_image(repositoryName=name, imageManifest="<the image's manifest (BatchGetImage)>", imageTag=tag, imageDigest=digest)
+        return True
+    image = ecr.batch_get_image(repositoryName=name, imageIds=[{"imageDigest": digest}])["images"]
+    if not image:
+        raise ImageError(f"{image_uri} is not in ECR any more: register a model whose image exists")
+    if not any(i.get("imageId", {}).get("imageTag") == tag for i in image):
+        try:
+            ecr.put_image(repositoryName=name, imageManifest=image[0]["imageManifest"], imageTag=tag, imageDigest=digest)
+        except ecr.exceptions.ImageAlreadyExistsException:
+            pass
+    _protecting_policy(aws, cfg, name, say)
+    say(f"event=image_protected image={image_uri} tag={tag}")
+    return True
+
+
+def _protecting_policy(aws: Aws, cfg: DeployConfig, name: str, say: Callable[[str], None]) -> None:
+    ecr = aws.client("ecr")
+    try:
+        text = ecr.get_lifecycle_policy(repositoryName=name)["lifecyclePolicyText"]
+    except ecr.exceptions.LifecyclePolicyNotFoundException:
+        text = None
+    if text is not None and PROTECTED_PREFIX in text:
+        return
+    ours = {r["description"] for r in json.loads(lifecycle_policy(cfg.images_kept))["rules"]}
+    if text is None or all(r.get("description") in ours or "newest" in str(r.get("description")) for r in json.loads(text)["rules"]):
+        ecr.put_lifecycle_policy(repositoryName=name, lifecyclePolicyText=lifecycle_policy(cfg.images_kept))
+        say(f"event=lifecycle_policy repository={name} protects={PROTECTED_PREFIX}*")
+    else:
+        say(f"event=lifecycle_not_ours repository={name} detail='add a first rule selecting tag prefix {PROTECTED_PREFIX} (docs/aws.md)'")
 
 
 def login(aws: Aws) -> tuple[str, str, str]:

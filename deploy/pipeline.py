@@ -10,6 +10,12 @@
     python -m deploy.pipeline async --yes                      # asynchronous endpoint (S3 in and out, scales to zero) + top-5
     python -m deploy.pipeline serverless --yes --network-isolation false   # serverless endpoint (CPU) + top-5
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
+    python -m deploy.pipeline register                         # the run's final model -> a version in the registry group
+    python -m deploy.pipeline models                           # the group's versions: metrics, approval, where each is live
+    python -m deploy.pipeline approve --version 3              # (or reject) the version's approval status
+    python -m deploy.pipeline promote --endpoint prod --yes    # the newest approved version onto an endpoint, blue/green
+    python -m deploy.pipeline drift --endpoint prod            # captured traffic vs the test set; exit 3 above the threshold
+    python -m deploy.pipeline retire --endpoint prod --yes     # delete a promoted endpoint (cleanup never does)
     python -m deploy.pipeline all --data PATH --yes            # check data weights tune best train deploy query
 
 Nothing is left billing: when a step fails, or on Ctrl-C, SIGTERM or SIGHUP, this invocation's
@@ -41,6 +47,9 @@ from deploy.context import Context, StepError
 from deploy.rules import RequestRefused
 from deploy.state import RunIdError, RunState, check_run_id, load_state, new_run_id
 from deploy.steps import async_inference, check, clarify, cleanup, explain, hosting, multi_model, serverless, training, transform
+from deploy.steps import drift as drift_step
+from deploy.steps import promote as promote_step
+from deploy.steps import registry as registry_step
 from deploy.teardown import Outcome
 
 log = logging.getLogger("deploy")
@@ -62,6 +71,7 @@ STEPS = (
     Step("tune", training.step_tune, in_all=True),
     Step("best", training.step_best, in_all=True),
     Step("train", training.step_train, in_all=True),
+    Step("register", registry_step.step_register, in_all=True),
     Step("reports", training.step_reports),
     Step("deploy", hosting.step_deploy, billable=True, in_all=True),
     Step("query", hosting.step_query, in_all=True),
@@ -72,6 +82,13 @@ STEPS = (
     Step("async", async_inference.step_async, billable=True, optional=True),
     Step("serverless", serverless.step_serverless, billable=True, optional=True),
     Step("cleanup", cleanup.step_cleanup),
+    # day two: the registry group's versions, onto an endpoint clients call, and watched
+    Step("models", registry_step.step_models),
+    Step("approve", registry_step.step_approve),
+    Step("reject", registry_step.step_reject),
+    Step("promote", promote_step.step_promote, billable=True),
+    Step("drift", drift_step.step_drift),
+    Step("retire", promote_step.step_retire, billable=True),
 )
 BY_NAME = {step.name: step for step in STEPS}
 NEEDS_ENDPOINT = ("query",)  # held back with the billable steps when --yes is missing
@@ -173,6 +190,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained-dir", type=Path, default=None, help="folder with <model>.safetensors (skips the download)")
     parser.add_argument("--sample", type=Path, default=None, help="image to send to the endpoint (default: the first test image)")
     parser.add_argument("--all-runs", action="store_true", help="cleanup: every run of this project, not only this one")
+    parser.add_argument("--version", type=int, default=None, help="models/approve/reject/promote: a version of the registry group")
+    parser.add_argument("--endpoint", dest="endpoint_name", default=None, help="promote/drift/retire: the endpoint's name")
+    parser.add_argument("--reason", default=None, help="approve/reject: the approval description")
     optional = ",".join(s.name for s in STEPS if s.optional)
     parser.add_argument("--verbose", action="store_true", help="also the SageMaker SDK's and botocore's own messages, and debug lines")
     parser.add_argument("--with", dest="optional", default="", help=f"with 'all' (or 'check'): comma-separated {optional}")
@@ -232,12 +252,16 @@ def _main(args: argparse.Namespace) -> int:
             print(f"event=config_ok region={cfg.region} steps={','.join(steps)}", file=sys.stderr)
             return 0
         options = {"data": args.data, "pretrained_dir": args.pretrained_dir, "sample": args.sample, "all_runs": args.all_runs}
+        options.update(version=args.version, endpoint_name=args.endpoint_name, reason=args.reason)
         new_run = "all" in args.steps or steps[:1] == ["data"]
         ctx = context(
             cfg, run_id=args.run_id, new_run=new_run, dry_run=args.dry_run, yes=args.yes, keep_endpoint=args.keep_endpoint, **options
         )
         with signals.raising():
             run(steps, ctx, plan=resolve_plan(args, steps))
+    except drift_step.DriftFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return drift_step.DriftFound.exit_code
     except (ConfigError, StepError, RequestRefused, RunIdError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -128,6 +128,8 @@ def quota_needs(cfg: DeployConfig, plan: list[str]) -> Counter[str]:
     ):
         if step in plan:
             needs[f"{instance_type} for endpoint usage"] += count
+    if "promote" in plan:  # blue/green: the new fleet comes up beside the old one
+        needs[f"{cfg.endpoint_instance_type} for endpoint usage"] += 2 * cfg.rollout.instance_count
     if "transform" in plan:
         needs[f"{cfg.transform_instance_type} for transform job usage"] += 1
     if "clarify" in plan:
@@ -140,9 +142,10 @@ def _quota_values(aws: Aws, operation: str) -> dict[str, dict[str, Any]]:
     return {q["QuotaName"]: q for page in client.get_paginator(operation).paginate(ServiceCode="sagemaker") for q in page["Quotas"]}
 
 
-def quotas(aws: Aws, cfg: DeployConfig, plan: list[str]) -> Iterator[Finding]:
-    """Applied values (ListServiceQuotas); defaults (ListAWSDefaultServiceQuotas) for quotas never changed."""
-    needs = quota_needs(cfg, plan)
+def quotas(aws: Aws, cfg: DeployConfig, plan: list[str], needs: Counter[str] | None = None) -> Iterator[Finding]:
+    """Applied values (ListServiceQuotas); defaults (ListAWSDefaultServiceQuotas) for quotas never changed.
+    ``needs``: given instead of the plan's (promote counts the fleet it doubles)."""
+    needs = quota_needs(cfg, plan) if needs is None else needs
     try:
         found = _quota_values(aws, "list_service_quotas")
         missing = [name for name in needs if name not in found]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploy import gpu_hosts, hosting_options, kms
 from deploy.instances import has_local_nvme, is_accelerated
+from deploy.rollout_rules import RolloutRules
 
 if TYPE_CHECKING:
     from deploy.config import DeployConfig
@@ -172,13 +173,14 @@ class RequestRules:
     confined: dict[str, str] = field(default_factory=dict)  # model -> "network isolation" / "a VPC": neither serverless can take
     created: set[tuple[str, str]] = field(default_factory=set)
     cuda_compat: bool = False  # the image carries NVIDIA's forward-compatibility libraries (image_cuda_compat)
+    rollout: RolloutRules = field(default_factory=RolloutRules)  # blue/green updates and data capture (deploy.rollout_rules)
 
     def refusals(self, service: str, operation: str, params: dict[str, Any]) -> list[str]:
         if service != "sagemaker":
             return []
         problems = self._name_reused(operation, params)
         check = getattr(self, f"_{operation}", None)
-        return problems + (check(params) if check else [])
+        return problems + (check(params) if check else []) + self.rollout.refusals(operation, params)
 
     def record(self, service: str, operation: str, params: dict[str, Any]) -> None:
         """After a successful create: its name is taken."""

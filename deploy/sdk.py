@@ -329,3 +329,19 @@ def _vpc_config(cfg: DeployConfig) -> dict[str, list[str]] | None:
     if not cfg.subnets:
         return None
     return {"Subnets": cfg.subnets, "SecurityGroupIds": cfg.security_group_ids}
+
+
+def data_capture(capture: dict[str, Any] | None) -> Any:
+    """The SDK's DataCaptureConfig for a ``deploy.rollout.capture_config`` request member (None when capture is off)."""
+    if capture is None:
+        return None
+    from sagemaker.model_monitor import DataCaptureConfig
+
+    return DataCaptureConfig(
+        enable_capture=capture["EnableCapture"],
+        sampling_percentage=capture["InitialSamplingPercentage"],
+        destination_s3_uri=capture["DestinationS3Uri"],
+        kms_key_id=capture.get("KmsKeyId"),
+        capture_options=["REQUEST", "RESPONSE"],
+        json_content_types=capture.get("CaptureContentTypeHeader", {}).get("JsonContentTypes"),
+    )

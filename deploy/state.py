@@ -72,6 +72,7 @@ class RunState(BaseModel):
     transform_output: str | None = None
     clarify_job: str | None = None
     results: dict[str, Any] = Field(default_factory=dict)
+    registered_version: int | None = None  # the final model's version in the registry group (deploy.registry)
 
     def folder(self, runs_dir: Path) -> Path:
         return runs_dir / self.run_id

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from deploy import autoscaling, gpu_hosts, results, sdk
+from deploy import autoscaling, gpu_hosts, results, rollout, sdk
 from deploy.context import Context, StepError
 from deploy.tags import tag_list
 
@@ -60,6 +60,7 @@ def step_deploy(ctx: Context) -> None:
         tags=tag_list(ctx.state.run_id, ctx.cfg.tags),
         kms_key=ctx.cfg.endpoint_key(instance_type),
         inference_ami_version=gpu_hosts.inference_ami(instance_type, ctx.cfg.inference_ami_version),  # GPU: driver 580
+        data_capture_config=sdk.data_capture(rollout.capture_config(ctx.cfg.capture, ctx.cfg.s3_root, endpoint, ctx.cfg.kms_key_id)),
         wait=False,
     )
     wait_in_service(ctx, endpoint)

@@ -26,6 +26,10 @@ StopProcessingJob). So this proxy forwards every request to the emulator unchang
   decodes every request body as UTF-8 and answers 500 otherwise (it answers queued results
   whatever the body).
 
+- UpdateEndpoint (moto 5.2.5 lacks it) and the deployment states it starts (Updating, then InService on
+  the new configuration, or RollingBack to the old one when an alarm of the update is in ALARM), and
+  UpdateModelPackage's customer metadata kept: ``tests/aws/rollouts.py``.
+
 Every request is logged (operation, JSON body) for the test to read. The client under test
 is real (botocore, the SDK, the pipeline process), and so is the emulator behind the proxy.
 """
@@ -42,6 +46,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlparse
+
+from tests.aws.rollouts import Rollouts
 
 # kind -> (noun of the API, status key in the List* summaries); endpoints are deleted, not stopped
 KINDS = {
@@ -86,6 +92,11 @@ class Gate:
     target_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # scalable target resource id -> its tags
     target_ids: dict[str, str] = field(default_factory=dict)  # scalable target ARN -> resource id
     _released: dict[str, int] = field(default_factory=dict)  # endpoint -> describes left before InService
+    rollouts: Rollouts | None = None  # UpdateEndpoint and its deployment states (tests/aws/rollouts.py); set in __post_init__
+
+    def __post_init__(self) -> None:
+        self.rollouts = Rollouts(self.upstream)
+
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def hold(self, kind: str, name_pattern: str, status: str, *, release_after: int | None = None, **fields: Any) -> None:
@@ -162,11 +173,22 @@ class Gate:
                     self._released.setdefault(name, hold.release_after or 0)
                 message = f"Cannot delete endpoint {name} while it is in Creating status."
                 return 400, json.dumps({"__type": "ValidationException", "message": message}).encode()
+        rollouts = self.rollouts
+        assert rollouts is not None
+        if operation == "UpdateEndpoint":  # the emulator lacks it (tests/aws/rollouts.py)
+            return rollouts.update(body)
+        sent = rollouts.keep_metadata(body) if operation == "UpdateModelPackage" else body
         wanted = body.pop("StatusEquals", None) if operation.startswith("List") else None
-        status, _, raw = forward(json.dumps(body).encode() if wanted else b"")
+        status, _, raw = forward(json.dumps(sent).encode() if wanted or sent is not body else b"")
         if status >= 300:
             return status, raw
         answer = json.loads(raw or b"{}")
+        if operation == "DescribeEndpoint":
+            answer = rollouts.describe(answer)
+        elif operation == "ListEndpoints":
+            answer = rollouts.listed(answer)
+        elif operation == "DeleteEndpoint":
+            rollouts.deleted(body.get("EndpointName", ""))
         with self._lock:
             for kind, (noun, _) in KINDS.items():
                 if operation == f"Describe{noun}":

@@ -81,3 +81,26 @@ class Answers:
         accept = "application/jsonlines" if lines else "application/json"
         body, _ = encode_predictions(probabilities, self.model.classes, ResponseOptions(accept, top_k, False))
         return body.decode()
+
+
+def capture_record(request_body: bytes, content_type: str, answer: str) -> str:
+    """One line of SageMaker's data capture (the emulator captures nothing): images base64, JSON as text."""
+    import base64
+    import json
+
+    if content_type == "application/json":
+        request = {"observedContentType": content_type, "mode": "INPUT", "data": request_body.decode(), "encoding": "JSON"}
+    else:
+        request = {
+            "observedContentType": content_type,
+            "mode": "INPUT",
+            "data": base64.b64encode(request_body).decode(),
+            "encoding": "BASE64",
+        }
+    output = {"observedContentType": "application/json", "mode": "OUTPUT", "data": answer, "encoding": "JSON"}
+    return json.dumps({"captureData": {"endpointInput": request, "endpointOutput": output}, "eventMetadata": {"eventId": "e"}})
+
+
+def captured(endpoint: str, lines: list[str], hour: str, prefix: str = "image-classifier") -> None:
+    """Where capture writes: <destination>/<endpoint>/<variant>/yyyy/mm/dd/hh/<file>.jsonl."""
+    put(f"{prefix}/capture/{endpoint}/{endpoint}/AllTraffic/2026/12/05/{hour}/00-00-000-{hour}.jsonl", "\n".join(lines).encode())

@@ -41,7 +41,7 @@ DIGEST = "@sha256:" + "0" * 64  # a dry run's placeholder for the pushed image's
 
 def _dry_run(tmp_path, steps, data=None, **overrides):
     cfg = load_config(overrides={"region": REGION, "role_arn": ROLE, "bucket": BUCKET, "runs_dir": str(tmp_path), **overrides}, environ={})
-    ctx = pipeline.context(cfg, dry_run=True, data=data)
+    ctx = pipeline.context(cfg, dry_run=True, data=data, version=1, endpoint_name="prod")
     pipeline.run(steps, ctx)
     return ctx.aws.dry_run.calls
 
@@ -85,11 +85,21 @@ def test_every_request_passes_the_service_model_and_the_rules(recorded):
         "CreateEndpoint",
         "CreateTransformJob",
         *(() if name in GPU_ENDPOINT else ("CreateProcessingJob",)),
+        # day two: register, approve/reject, promote (onto an existing endpoint: the update path), retire
+        "CreateModelPackageGroup",
+        "CreateModelPackage",
+        "UpdateModelPackage",
+        "UpdateEndpoint",
+        "PutMetricAlarm",
+        "AddTags",
+        "DeleteEndpoint",
+        "PutImage",
     }
     assert expected <= set(by_operation), name
     images = [r["TrainingJobDefinition"]["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateHyperParameterTuningJob"]]
     images += [r["AlgorithmSpecification"]["TrainingImage"] for r in by_operation["CreateTrainingJob"]]
-    images += [r["PrimaryContainer"]["Image"] for r in by_operation["CreateModel"] if "PrimaryContainer" in r]
+    images += [r["PrimaryContainer"]["Image"] for r in by_operation["CreateModel"] if "Image" in r.get("PrimaryContainer", {})]
+    images += [r["InferenceSpecification"]["Containers"][0]["Image"] for r in by_operation["CreateModelPackage"]]
     assert len(set(images)) == 1 and images[0].endswith("/image-classifier" + DIGEST), images  # never a tag
     names = [r["EndpointName"] for r in by_operation["CreateEndpoint"]]
     assert len(names) == len(set(names)) == 3  # the real-time, the multi-model and the asynchronous endpoint

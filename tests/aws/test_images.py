@@ -42,6 +42,7 @@ def test_a_new_repository_has_immutable_tags_and_a_lifecycle_policy_and_each_bui
     assert repository["imageTagMutability"] == "IMMUTABLE" and repository["imageScanningConfiguration"] == {"scanOnPush": True}
     rules = json.loads(client.get_lifecycle_policy(repositoryName="fresh-repo")["lifecyclePolicyText"])["rules"]
     assert [r["selection"] for r in rules] == [
+        {"tagStatus": "tagged", "tagPrefixList": ["ic-keep-"], "countType": "imageCountMoreThan", "countNumber": 10000},
         {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 1},
         {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 10},
     ]
@@ -50,7 +51,7 @@ def test_a_new_repository_has_immutable_tags_and_a_lifecycle_policy_and_each_bui
     assert ecr.build_tag(0).startswith("19700101-000000") and TAG.match(ecr.build_tag(0))
     code, again, _ = _repository(capsys, "--repository", "fresh-repo")
     assert code == 0 and again.rsplit(":", 1)[0] == uri
-    kept = json.loads(client.get_lifecycle_policy(repositoryName="fresh-repo")["lifecyclePolicyText"])["rules"][1]
+    kept = json.loads(client.get_lifecycle_policy(repositoryName="fresh-repo")["lifecyclePolicyText"])["rules"][2]
     assert kept["selection"]["countNumber"] == 3  # a policy already there is the owner's: left alone
 
 

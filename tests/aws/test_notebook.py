@@ -56,6 +56,7 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
         "IC_NB_CREATE_ENDPOINTS": "true",
         "IC_NB_OPTIONAL": "",
         "IC_NB_HOSTING": "async,serverless",
+        "IC_NB_ENDPOINT": "nb-prod",
     }
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
@@ -69,6 +70,8 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
                 seeding.tuning_results(tuning_job, {"image_size": "32"}, model_dir)
             if tag == "train":
                 seeding.final_job_outputs(f"image-classifier/runs/{run_id}/final/ic-final-{run_id}-1", model_dir, output_dir)
+            if tag == "drift":  # what the endpoint would have captured: the sample, 40 times, and its answer
+                seeding.captured("nb-prod", [seeding.capture_record(sample.read_bytes(), "image/png", answer)] * 40, "07")
             client.execute_cell(cell, index)
             if cell.cell_type == "code":
                 outputs[tag] = _output_text(cell)
@@ -87,5 +90,9 @@ def test_notebook_runs_every_step(aws, digits_job, digits_data, tmp_path):
     assert "async answer, read from s3://" in outputs["hosting"], outputs["hosting"]
     assert "event=autoscaling" in outputs["hosting"] and "from_zero=HasBacklogWithoutCapacity" in outputs["hosting"]
     assert outputs["hosting"].count(f"{top[0]['probability']:.3f}  {top[0]['label']}") == 2  # async, then serverless
+    assert "event=registered group=image-classifier version=1" in outputs["promote"], outputs["promote"]
+    assert "event=model_version version=1 status=Approved" in outputs["promote"] and "event=promoted endpoint=nb-prod" in outputs["promote"]
+    assert "event=drift endpoint=nb-prod predictions=40 unreadable=0" in outputs["drift"], outputs["drift"]
+    assert "event=retired endpoint=nb-prod" in outputs["drift"]
     assert "event=cleanup_done" in outputs["cleanup"]
     assert not [c for c in notebook.cells if any(o.get("output_type") == "error" for o in c.get("outputs", []))]

@@ -191,3 +191,34 @@ def test_the_decode_guard_follows_the_payload_limit(monkeypatch):
     assert "declares" not in refused.value.message  # past the guard: this 1x1 PNG's missing pixels fail the decode
     with pytest.raises(RequestError, match=f"at most {raised}"):
         decode_image(_declared_png(20_000, 10_000), max_pixels=raised)
+
+
+def test_lines_of_a_deployed_version_carry_endpoint_and_version_beside_model():
+    """What a rollback alarm watches: (Endpoint, ModelVersion) series, ServerErrors summed over 5xx; Model series unchanged."""
+    config = _config(**{params.ENDPOINT_ENV: "prod", params.MODEL_VERSION_ENV: "7"})
+    written: list[list[str]] = []
+    metrics = Metrics(config, write=written.append)
+    metrics.observe("model", 200, {**STAGES, "images": 1.0}, 1000)
+    metrics.observe("model", 500, None, 10)
+    metrics.observe("model", 503, None, 10)
+    metrics.observe("model", 413, None, 10)
+    lines = metrics.emf.drain(1)
+    assert all(emf_format.problems(line) == [] for line in lines), [emf_format.problems(line) for line in lines]
+    documents = [json.loads(line) for line in lines]
+    main = next(d for d in documents if "Requests" in d)
+    assert main["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Model"], ["Endpoint", "ModelVersion"]]
+    assert (main["Model"], main["Endpoint"], main["ModelVersion"], main["Requests"]) == ("model", "prod", "7", 4)
+    errors = next(d for d in documents if d.get("StatusCode") == "500")
+    assert errors["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["Model", "StatusCode"], ["Endpoint", "ModelVersion", "StatusCode"]]
+    (server,) = [d for d in documents if params.SERVER_ERRORS_METRIC in d]
+    assert server[params.SERVER_ERRORS_METRIC] == 2 and server["_aws"]["CloudWatchMetrics"][0]["Dimensions"][1] == [
+        "Endpoint",
+        "ModelVersion",
+    ]
+    samples = _samples(metrics.exposition().decode())
+    key = ("image_classifier_requests_total", (("endpoint", "prod"), ("model", "model"), ("model_version", "7"), ("status", "500")))
+    assert samples[key] == 1
+    # without the variables: the lines and labels of before
+    plain = Metrics(_config())
+    plain.observe("model", 500, None, 10)
+    assert all(params.SERVER_ERRORS_METRIC not in line and "Endpoint" not in line for line in plain.emf.drain(1))

@@ -111,6 +111,14 @@ METRICS_NAMESPACE_ENV = "IMAGE_CLASSIFIER_METRICS_NAMESPACE"  # the CloudWatch n
 DEFAULT_METRICS_NAMESPACE = "ImageClassifier"
 EMF_FLUSH_SECONDS = 10.0  # an EMF line per model at most this often (sooner when a metric holds EMF_MAX_VALUES)
 EMF_MAX_VALUES = 100  # values one EMF metric may carry (the format's limit)
+# Set by the deploy pipeline on the endpoints it creates and promotes: every EMF line then also carries the
+# dimensions Endpoint and ModelVersion (and /metrics the labels endpoint, model_version), so an alarm can
+# watch one endpoint, or one version during a blue/green rollout (docs/serving.md#metrics, docs/aws.md).
+ENDPOINT_ENV = "IMAGE_CLASSIFIER_ENDPOINT"
+MODEL_VERSION_ENV = "IMAGE_CLASSIFIER_MODEL_VERSION"
+ENDPOINT_DIMENSION = "Endpoint"
+MODEL_VERSION_DIMENSION = "ModelVersion"
+SERVER_ERRORS_METRIC = "ServerErrors"  # 5xx answers per Endpoint and ModelVersion: what a rollback alarm sums
 
 # --- script mode: the user's own code (docs/script-mode.md) ----------------------------------
 # Training: the SDK's entry_point/source_dir arrive as these hyperparameters; sagemaker-training runs them.

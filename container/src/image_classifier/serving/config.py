@@ -47,6 +47,9 @@ class ServingConfig:
     metrics: bool = True  # IMAGE_CLASSIFIER_METRICS: EMF lines and /metrics
     metrics_sample: float = 1.0  # IMAGE_CLASSIFIER_METRICS_SAMPLE
     metrics_namespace: str = params.DEFAULT_METRICS_NAMESPACE
+    # IMAGE_CLASSIFIER_ENDPOINT / IMAGE_CLASSIFIER_MODEL_VERSION (set by the deploy pipeline): the dimensions
+    # Endpoint and ModelVersion of every EMF line, the labels endpoint and model_version on /metrics
+    metrics_scope: tuple[tuple[str, str], ...] = ()
 
     @property
     def model_dir(self) -> Path:
@@ -108,6 +111,7 @@ class ServingConfig:
             metrics=_switch(env, params.METRICS_ENV),
             metrics_sample=_fraction(env, params.METRICS_SAMPLE_ENV),
             metrics_namespace=env.get(params.METRICS_NAMESPACE_ENV, "").strip() or params.DEFAULT_METRICS_NAMESPACE,
+            metrics_scope=_scope(env),
         )
 
 
@@ -154,3 +158,11 @@ def _explain(env: Mapping[str, str]) -> str | None:
     if value not in params.EXPLAIN_METHODS:
         raise UserError(f"{params.EXPLAIN_ENV}={value!r}: use one of {', '.join(params.EXPLAIN_METHODS)} or off")
     return value
+
+
+def _scope(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """Both dimensions or none: an alarm on (Endpoint, ModelVersion) must find both on every line."""
+    endpoint, version = env.get(params.ENDPOINT_ENV, "").strip(), env.get(params.MODEL_VERSION_ENV, "").strip()
+    if not endpoint and not version:
+        return ()
+    return ((params.ENDPOINT_DIMENSION, endpoint or "unknown"), (params.MODEL_VERSION_DIMENSION, version or "unknown"))

@@ -13,6 +13,12 @@ Written by hand rather than with ``aws-embedded-metrics``: that library writes o
 log line per request; here a model's requests are aggregated and written as one line every
 ``EMF_FLUSH_SECONDS`` (a metric may carry up to ``EMF_MAX_VALUES`` values: CloudWatch keeps each value, so
 percentiles stay exact), errors as counts per status. Pure functions and a buffer: the front writes the lines.
+
+Scope: with ``IMAGE_CLASSIFIER_ENDPOINT`` and ``IMAGE_CLASSIFIER_MODEL_VERSION`` set (the deploy pipeline sets
+both), every line carries the dimensions ``Endpoint`` and ``ModelVersion`` too, as a second dimension set beside
+the first (``[["Model"], ["Endpoint", "ModelVersion"]]``): the series an alarm of one endpoint, or of one
+version during a blue/green rollout, watches; the ``Model`` series stay as they were. Such lines add
+``ServerErrors``, the 5xx answers summed over status codes, the metric a rollback alarm sums.
 """
 
 from __future__ import annotations
@@ -42,16 +48,28 @@ UNITS = {name: "Milliseconds" for name in STAGE_METRICS.values()} | {
     "Requests": "Count",
     "Errors": "Count",
     "ModelLoadTime": "Seconds",
+    params.SERVER_ERRORS_METRIC: "Count",
 }
 MODEL_DIMENSION = "Model"
 STATUS_DIMENSION = "StatusCode"
 
 
-def document(namespace: str, dimensions: Mapping[str, str], values: Mapping[str, float | list[float]], timestamp_ms: int) -> dict:
-    """One EMF event: the dimensions and values at its root, the directive that names them under ``_aws``."""
+def document(
+    namespace: str,
+    dimensions: Mapping[str, str],
+    values: Mapping[str, float | list[float]],
+    timestamp_ms: int,
+    scope: Mapping[str, str] | None = None,
+) -> dict:
+    """One EMF event: the dimensions and values at its root, the directive that names them under ``_aws``.
+    ``scope``: a second dimension set, ``scope``'s names plus those of ``dimensions`` other than ``Model``."""
+    sets = [list(dimensions)]
+    if scope:
+        sets.append([*scope, *(d for d in dimensions if d != MODEL_DIMENSION)])
+        dimensions = {**dimensions, **scope}
     directive = {
         "Namespace": namespace,
-        "Dimensions": [list(dimensions)],
+        "Dimensions": sets,
         "Metrics": [{"Name": name, "Unit": UNITS[name]} for name in values],
     }
     return {"_aws": {"Timestamp": timestamp_ms, "CloudWatchMetrics": [directive]}, **dimensions, **values}
@@ -60,8 +78,8 @@ def document(namespace: str, dimensions: Mapping[str, str], values: Mapping[str,
 class EmfBuffer:
     """Per model: sampled values of each metric, the request count and the errors by status, until drained."""
 
-    def __init__(self, namespace: str, max_values: int = params.EMF_MAX_VALUES):
-        self.namespace, self.max_values = namespace, max_values
+    def __init__(self, namespace: str, max_values: int = params.EMF_MAX_VALUES, scope: Mapping[str, str] | None = None):
+        self.namespace, self.max_values, self.scope = namespace, max_values, dict(scope or {})
         self.values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.requests: Counter[str] = Counter()
         self.errors: dict[str, Counter[int]] = defaultdict(Counter)
@@ -101,12 +119,16 @@ class EmfBuffer:
             for i, values in enumerate(self._chunks(self.values.get(model, {}))):
                 if i == 0:
                     values["Requests"] = count
-                lines.append(document(self.namespace, {MODEL_DIMENSION: model}, values, timestamp_ms))
+                lines.append(document(self.namespace, {MODEL_DIMENSION: model}, values, timestamp_ms, self.scope))
             for status, errors in sorted(self.errors.get(model, {}).items()):
                 dimensions = {MODEL_DIMENSION: model, STATUS_DIMENSION: str(status)}
-                lines.append(document(self.namespace, dimensions, {"Errors": errors}, timestamp_ms))
+                lines.append(document(self.namespace, dimensions, {"Errors": errors}, timestamp_ms, self.scope))
+            server_errors = sum(n for status, n in self.errors.get(model, {}).items() if status >= 500)
+            if self.scope and server_errors:
+                values = {params.SERVER_ERRORS_METRIC: server_errors}
+                lines.append(document(self.namespace, {MODEL_DIMENSION: model}, values, timestamp_ms, self.scope))
         for model, seconds in self.loads:
-            lines.append(document(self.namespace, {MODEL_DIMENSION: model}, {"ModelLoadTime": seconds}, timestamp_ms))
+            lines.append(document(self.namespace, {MODEL_DIMENSION: model}, {"ModelLoadTime": seconds}, timestamp_ms, self.scope))
         self.values.clear()
         self.requests.clear()
         self.errors.clear()

@@ -39,6 +39,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 OTHER_MODEL = "other"  # the label of requests for a model that is not loaded (unbounded names never become series)
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 _IMAGES = (1, 2, 4, 8, 16, 32, 64)
+_LABELS = {params.ENDPOINT_DIMENSION: "endpoint", params.MODEL_VERSION_DIMENSION: "model_version"}
 _BYTES = tuple(float(4**k * 1024) for k in range(11))  # 1 KiB .. 1 GiB
 
 
@@ -46,36 +47,39 @@ class Metrics:
     def __init__(self, config: ServingConfig, write=None):
         self.sample = config.metrics_sample
         self.registry = CollectorRegistry(auto_describe=False)
+        # the deploy pipeline's endpoint and model version (ServingConfig.metrics_scope): two more labels on every series
+        scope_labels = [_LABELS[name] for name, _ in config.metrics_scope]
+        self._scope = tuple(value for _, value in config.metrics_scope)
         self.requests = Counter(
             "image_classifier_requests",
             "Inference requests answered, by model and HTTP status",
-            ["model", "status"],
+            ["model", "status", *scope_labels],
             registry=self.registry,
         )
         self.stage_seconds = Histogram(
             "image_classifier_request_stage_seconds",
             "Where a request's time went (the Server-Timing stages: total, front, queue, hop, worker, decode, preprocess, forward, explain, encode)",
-            ["model", "stage"],
+            ["model", "stage", *scope_labels],
             buckets=_SECONDS,
             registry=self.registry,
         )
         self.batch_images = Histogram(
             "image_classifier_batch_images",
             "Images in the forward pass a request ran in",
-            ["model"],
+            ["model", *scope_labels],
             buckets=_IMAGES,
             registry=self.registry,
         )
         self.payload_bytes = Histogram(
-            "image_classifier_request_bytes", "Request body sizes", ["model"], buckets=_BYTES, registry=self.registry
+            "image_classifier_request_bytes", "Request body sizes", ["model", *scope_labels], buckets=_BYTES, registry=self.registry
         )
         self.load_seconds = Gauge(
             "image_classifier_model_load_seconds",
             "Seconds from registration to a loaded, warmed-up model",
-            ["model"],
+            ["model", *scope_labels],
             registry=self.registry,
         )
-        self.emf = EmfBuffer(config.metrics_namespace)
+        self.emf = EmfBuffer(config.metrics_namespace, scope=dict(config.metrics_scope))
         self._write = write or _write_stdout
         self._random = random.Random()
         self._due = asyncio.Event()
@@ -84,26 +88,26 @@ class Metrics:
     # --- the hot path: a few dict updates ---------------------------------------------------------
     def observe(self, model: str, status: int, stages: Mapping[str, float] | None, payload_bytes: int | None) -> None:
         """One answered request; ``stages``: its Server-Timing stages (ms) and ``images``, for a 200."""
-        self.requests.labels(model, str(status)).inc()
+        self.requests.labels(model, str(status), *self._scope).inc()
         sampled = self.sample >= 1.0 or self._random.random() < self.sample
         values: dict[str, float] = {}
         if sampled:
             for stage, ms in (stages or {}).items():
                 name = STAGE_METRICS.get(stage)
                 if name is not None:
-                    self.stage_seconds.labels(model, stage).observe(ms / 1000)
+                    self.stage_seconds.labels(model, stage, *self._scope).observe(ms / 1000)
                     values[name] = ms
             if stages and "images" in stages:
-                self.batch_images.labels(model).observe(stages["images"])
+                self.batch_images.labels(model, *self._scope).observe(stages["images"])
                 values["BatchSize"] = stages["images"]
             if payload_bytes is not None:
-                self.payload_bytes.labels(model).observe(payload_bytes)
+                self.payload_bytes.labels(model, *self._scope).observe(payload_bytes)
                 values["PayloadBytes"] = float(payload_bytes)
         if self.emf.add(model, status, values):
             self._due.set()
 
     def model_loaded(self, model: str, seconds: float) -> None:
-        self.load_seconds.labels(model).set(seconds)
+        self.load_seconds.labels(model, *self._scope).set(seconds)
         self.emf.model_loaded(model, seconds)
         self._due.set()
 
