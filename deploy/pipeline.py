@@ -34,7 +34,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import config as config_module
-from deploy import rules, signals
+from deploy import refusals, signals
 from deploy.aws import Aws
 from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
@@ -105,10 +105,10 @@ def run(steps: list[str], ctx: Context, plan: list[str] | None = None) -> Contex
 
 
 def check_plan(cfg: DeployConfig, steps: list[str]) -> None:
-    """The rules that depend on which steps run (``deploy.rules.plan_refusals``), before any of them."""
-    refusals = rules.plan_refusals(cfg, steps)
-    if refusals:
-        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refusals)]))
+    """The rules that depend on which steps run (``deploy.refusals.plan_refusals``), before any of them."""
+    refused = refusals.plan_refusals(cfg, steps)
+    if refused:
+        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refused)]))
 
 
 def _summary(ctx: Context, steps: list[str], outcomes: list[Outcome]) -> str:
