@@ -8,7 +8,7 @@
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
     python -m deploy.pipeline explain                          # heatmaps over the test set, an HTML gallery (no Clarify needed)
     python -m deploy.pipeline async --yes                      # asynchronous endpoint (S3 in and out, scales to zero) + top-5
-    python -m deploy.pipeline serverless --yes --network-isolation false   # serverless endpoint (CPU) + top-5
+    python -m deploy.pipeline serverless --yes   # serverless endpoint (CPU) + top-5
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
     python -m deploy.pipeline all --data PATH --yes            # check data weights tune best train deploy query
 

@@ -175,12 +175,4 @@ def _serverless(cfg: DeployConfig) -> list[Refusal]:
                 "serverless endpoints run outside your VPC (SageMaker refuses a VpcConfig): run the serverless step without subnets and security_group_ids",
             )
         )
-    if cfg.network_isolation:
-        out.append(
-            Refusal(
-                "network_isolation",
-                "serverless endpoints cannot be network-isolated (SageMaker refuses it): run the serverless step with "
-                "--network-isolation false (its model only; the run's jobs keep theirs)",
-            )
-        )
     return out
