@@ -56,6 +56,29 @@ def _never(where: str, resources: dict[str, Any]) -> list[str]:
     return [f"{where}.InstanceType: {reason}"] if reason else []
 
 
+def _tuning_resources(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each instance setting of a tuning job, as the pinned SDK sends it: where it sits and its fields.
+
+    SDK v2 sends ``HyperParameterTuningResourceConfig`` (not ``ResourceConfig``), one definition in
+    ``TrainingJobDefinition`` or several in ``TrainingJobDefinitions`` (a tuner of several estimators),
+    and with instance configs (``InstanceConfigs``) one type per entry under the definition's one
+    volume key: each entry is checked with that key.
+    """
+    definitions = [("TrainingJobDefinition", params["TrainingJobDefinition"])] if "TrainingJobDefinition" in params else []
+    definitions += [(f"TrainingJobDefinitions[{i}]", d) for i, d in enumerate(params.get("TrainingJobDefinitions", []))]
+    out = []
+    for prefix, definition in definitions:
+        for key in ("ResourceConfig", "HyperParameterTuningResourceConfig"):
+            resources = definition.get(key)
+            if not resources:
+                continue
+            out.append((f"{prefix}.{key}", resources))
+            for index, entry in enumerate(resources.get("InstanceConfigs", [])):
+                with_key = {**entry, "VolumeKmsKeyId": resources.get("VolumeKmsKeyId")}
+                out.append((f"{prefix}.{key}.InstanceConfigs[{index}]", with_key))
+    return out
+
+
 @dataclass
 class RequestRules:
     """The rules on requests; remembers multi-model models and the names created this session."""
@@ -97,12 +120,9 @@ class RequestRules:
                 problems.append("HyperParameterTuningJobConfig.ParameterRanges: Grid search takes categorical ranges only")
             if config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs") is not None:
                 problems.append(f"HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs: {GRID_LIMIT}")
-        resources = params.get("TrainingJobDefinition", {}).get("ResourceConfig", {})
-        return (
-            problems
-            + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
-            + _never("TrainingJobDefinition.ResourceConfig", resources)
-        )
+        for where, resources in _tuning_resources(params):
+            problems += _volume(where, resources, alias_allowed=False) + _never(where, resources)
+        return problems
 
     def _CreateTrainingJob(self, params: dict[str, Any]) -> list[str]:
         resources = params.get("ResourceConfig", {})
