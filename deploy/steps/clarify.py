@@ -6,8 +6,9 @@ probabilities``, present with ``probabilities=true``) and their names, in the sa
 (``label_headers``: the model card's classes). The job runs without network isolation (it
 must reach its shadow endpoint), with the output and volume KMS keys and a runtime limit.
 
-``clarify = "auto"``: where SageMaker refuses Clarify (closed to new customers), the step is
-skipped with one line naming the project's own alternative; ``"on"`` fails; ``"off"`` skips.
+``clarify = "auto"``: where SageMaker refuses the Clarify job at creation (``deploy.services``:
+by the kind of error, not its text) or the job fails as a closed service (by its text), the step
+is skipped with one line naming the project's own alternative; ``"on"`` fails; ``"off"`` skips.
 """
 
 from __future__ import annotations
@@ -50,8 +51,7 @@ def _skip(ctx: Context, reason: str, outcome: str) -> None:
 
 def _refused(ctx: Context, exc: BaseException, *, failed_job: bool) -> bool:
     """True when ``exc`` is Clarify being refused and the mode lets the run go on without it."""
-    named = services.refused(exc, failed_job=failed_job)
-    if named is None or (named and "clarify" not in named):
+    if not (services.failed_as_closed(exc) if failed_job else services.refused_at_creation(exc)):
         return False
     if ctx.cfg.clarify == "on":
         raise StepError(f'SageMaker refused Clarify ({services.describe(exc)}); set clarify = "off" or "auto" to go on without it') from exc

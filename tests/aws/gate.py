@@ -71,6 +71,7 @@ class Refusal:
     when: Callable[[dict[str, Any]], bool]
     code: str
     message: str
+    status: int = 400  # a 5xx: the service failing, not refusing
 
 
 @dataclass
@@ -91,8 +92,8 @@ class Gate:
     def hold(self, kind: str, name_pattern: str, status: str, *, release_after: int | None = None, **fields: Any) -> None:
         self.holds.append(Hold(kind, re.compile(name_pattern), status, release_after, fields))
 
-    def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str) -> None:
-        self.refusals.append(Refusal(operation, when, code, message))
+    def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str, status: int = 400) -> None:
+        self.refusals.append(Refusal(operation, when, code, message, status))
 
     def answer(self, target: str, body: dict[str, Any]) -> None:
         """Requests with this ``X-Amz-Target`` get ``body`` (a call the emulator lacks)."""
@@ -148,7 +149,7 @@ class Gate:
             self.log.append((operation, body))
             refusal = next((r for r in self.refusals if r.operation == operation and r.when(body)), None)
         if refusal is not None:
-            return 400, json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
+            return refusal.status, json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
         for kind, (noun, _) in KINDS.items():
             name = body.get(f"{noun}Name", "")
             if operation == f"Stop{noun}" and self._held(kind, name) is not None:
