@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from deploy import permissions
 from deploy.aws import Aws
 from deploy.config import DeployConfig
 
@@ -201,9 +202,22 @@ def docker() -> Finding:
     return Finding("docker", "ok", f"platform={platform}")
 
 
+def allowed(aws: Aws, cfg: DeployConfig) -> Finding:
+    """The caller's own policy against deploy/iam/user-policy.json (``deploy.permissions``)."""
+    result = permissions.simulate(aws.client("sts"), aws.client("iam"), cfg)
+    fix = "attach deploy/iam/user-policy.json with its placeholders filled (docs/aws.md#permissions)"
+    if result.denied is None:
+        return Finding(
+            "permissions", "warning", f"cannot simulate the policy of {result.principal} ({result.reason}): not checked", f"by hand: {fix}"
+        )
+    if result.denied:
+        return Finding("permissions", "problem", f"{result.principal} lacks {', '.join(result.denied)}", fix)
+    return Finding("permissions", "ok", f"{result.principal} has every action of deploy/iam/user-policy.json")
+
+
 def run(aws: Aws, cfg: DeployConfig, plan: list[str]) -> list[Finding]:
     """Every check; without credentials only that finding (nothing else can be asked)."""
     first = credentials(aws, cfg)
     if first.status != "ok":
         return [first]
-    return [first, bucket(aws, cfg), role(aws, cfg, aws.account()), *quotas(aws, cfg, plan), docker()]
+    return [first, bucket(aws, cfg), role(aws, cfg, aws.account()), allowed(aws, cfg), *quotas(aws, cfg, plan), docker()]
