@@ -54,6 +54,8 @@ ACTION = {
     ("s3", "CreateMultipartUpload"): ["s3:PutObject"],
     ("s3", "UploadPart"): ["s3:PutObject"],
     ("s3", "CompleteMultipartUpload"): ["s3:PutObject"],
+    ("s3", "UploadPartCopy"): ["s3:GetObject", "s3:PutObject"],  # a managed copy of a large object
+    ("s3", "AbortMultipartUpload"): ["s3:AbortMultipartUpload"],
     ("s3", "GetBucketLocation"): ["s3:GetBucketLocation"],
     ("s3", "GetBucketLifecycleConfiguration"): ["s3:GetLifecycleConfiguration"],
     ("s3", "PutBucketLifecycleConfiguration"): ["s3:PutLifecycleConfiguration"],
