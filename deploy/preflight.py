@@ -34,6 +34,7 @@ TRUST_POLICY = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": SAGEMAKER}, "Action": "sts:AssumeRole"}],
 }
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+SERVERLESS_CONCURRENCY = "Maximum total concurrency that can be allocated across all serverless endpoints"
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,12 @@ def quota_needs(cfg: DeployConfig, plan: list[str]) -> Counter[str]:
     ):
         if step in plan:
             needs[f"{instance_type} for endpoint usage"] += count
-    if "transform" in plan:
+    if "transform" in plan or "explain" in plan:  # one instance each, one job at a time (the steps run in turn)
         needs[f"{cfg.transform_instance_type} for transform job usage"] += 1
     if "clarify" in plan:
         needs[f"{cfg.clarify_instance_type} for processing job usage"] += 1
+    if "serverless" in plan:
+        needs[SERVERLESS_CONCURRENCY] += cfg.serverless.max_concurrency
     return needs
 
 

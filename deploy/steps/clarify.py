@@ -29,9 +29,15 @@ def _copy_sample_images(ctx: Context, dest: str) -> None:
     test = ctx.need("channels", "data").get("test") or ctx.state.channels["validation"]
     bucket, _ = results.split_s3(test)
     dest_bucket, dest_prefix = results.split_s3(dest)
+    _, test_prefix = results.split_s3(test.rstrip("/") + "/")
     keys = [k for k in results.list_keys(s3, test.rstrip("/") + "/") if not k.endswith("/")][:CLARIFY_IMAGES]
     for key in keys:
-        s3.copy_object(Bucket=dest_bucket, Key=dest_prefix + key.rsplit("/", 1)[-1], CopySource={"Bucket": bucket, "Key": key})
+        s3.copy_object(
+            Bucket=dest_bucket,
+            Key=dest_prefix + key[len(test_prefix) :].replace("/", "-"),  # ant/0.png -> ant-0.png: one flat folder, no name clash
+            CopySource={"Bucket": bucket, "Key": key},
+            **results.encryption(ctx.cfg.kms_key_id),  # a copy is a new object: without these, the bucket's default
+        )
 
 
 def _labels(ctx: Context) -> list[str] | None:

@@ -145,3 +145,23 @@ def test_quota_needs_follow_the_plan():
         "ml.m5.xlarge for transform job usage": 1,
         "ml.m5.xlarge for processing job usage": 1,
     }
+
+
+def test_quota_needs_count_every_step_of_the_run():
+    cfg = load_config(
+        overrides={
+            "region": REGION,
+            "role_arn": ROLE,
+            "bucket": BUCKET,
+            "serverless": {"max_concurrency": 7},
+            "async_inference": {"max_instances": 3},
+        },
+        environ={},
+    )
+    needs = preflight.quota_needs(cfg, ["deploy", "transform", "explain", "async", "serverless"])
+    assert needs == {
+        "ml.m5.xlarge for endpoint usage": 1 + 3,  # the real-time endpoint and the async one at its most
+        "ml.m5.xlarge for transform job usage": 1,  # transform and explain run one after the other
+        preflight.SERVERLESS_CONCURRENCY: 7,
+    }
+    assert preflight.quota_needs(cfg, ["explain"]) == {"ml.m5.xlarge for transform job usage": 1}
