@@ -19,7 +19,7 @@ from tests.aws.conftest import BUCKET, REGION, ROLE
 from tests.helpers import REPO_ROOT, VENV_BIN
 
 EQUALS_FORM = [f"--region={REGION}", f"--role-arn={ROLE}", f"--bucket={BUCKET}"]
-PRE_FLIGHT_READS = {"GetCallerIdentity", "GetBucketLocation", "GetRole", "ListServiceQuotas"}
+PRE_FLIGHT_READS = {"GetCallerIdentity", "GetBucketLocation", "GetRole", "SimulatePrincipalPolicy", "ListServiceQuotas"}
 
 
 def _script(*args: str, tmp_path, **env_extra: str) -> subprocess.CompletedProcess:
@@ -88,7 +88,7 @@ def test_the_build_asks_docker_for_the_platform(aws, tmp_path):
     """The real docker client, no engine: it accepts the flags, then fails to connect; nothing reaches AWS."""
     engine_less = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "DOCKER_BUILDKIT": "0"}
     default = _script(*EQUALS_FORM, tmp_path=tmp_path, **engine_less)
-    assert "building image-classifier:local for linux/amd64" in default.stderr
+    assert "building image-classifier:local for linux/amd64 (docker build)" in default.stderr  # the classic builder: Docker v2
     asked = _script("--dry-run", "--build", "--platform=linux/arm64", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
     assert "building image-classifier:local for linux/arm64" in asked.stderr
     for result in (default, asked):
