@@ -55,6 +55,13 @@ done
 
 [[ -x "$PYTHON" ]] || die "$PYTHON not found: run 'make venv' first"
 args=("${pipeline_args[@]+"${pipeline_args[@]}"}")
+# 0. a GPU batch transform needs NVIDIA's forward-compatibility libraries in the image: a build here carries
+#    them (from NVIDIA's public CUDA base image) and the run knows it (deploy/build_args.py)
+compat_arg=""
+if ((build)); then
+  compat_arg=$("$PYTHON" -m deploy.build_args "${args[@]+"${args[@]}"}")
+  [[ -z "$compat_arg" ]] || args+=(--set image_cuda_compat=true)
+fi
 
 # 1. the configuration and the arguments, checked before anything is built or sent (all of them:
 #    the image must go to the region and repository the jobs will use); then the account's
@@ -91,6 +98,10 @@ elif ((build)); then
     say "warning: Docker's containerd image store is on: it pushes OCI manifests, which SageMaker refuses;" \
       "turn it off (Docker Desktop: Settings > General > 'Use containerd for pulling and storing images') and rebuild" \
       "(the manifest check after the push stops the run otherwise)"
+  fi
+  if [[ -n "$compat_arg" ]]; then
+    build_args+=(--build-arg "$compat_arg")
+    say "GPU batch transform: building with NVIDIA's CUDA forward-compatibility libraries ($compat_arg)"
   fi
   say "building $local_image for $platform (docker ${builder[*]})"
   "$DOCKER" "${builder[@]}" --platform "$platform" "${build_args[@]+"${build_args[@]}"}" -t "$local_image" .

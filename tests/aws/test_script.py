@@ -99,6 +99,25 @@ def test_the_build_asks_docker_for_the_platform(aws, tmp_path):
     assert {_operation(r) for r in aws.requests()} == PRE_FLIGHT_READS
 
 
+@pytest.mark.skipif(
+    shutil.which("docker") is None, reason="the docker client (no engine needed) is installed by local/system_deps.sh --test"
+)
+def test_a_gpu_transform_builds_with_the_compatibility_libraries_and_other_runs_without(aws, tmp_path):
+    engine_less = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "DOCKER_BUILDKIT": "0"}
+    gpu = _script("--dry-run", "--build", "--transform-instance-type=ml.g4dn.xlarge", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
+    assert "is a GPU; SageMaker's batch transform hosts run driver 470 or 535" not in gpu.stderr  # not refused: this build carries them
+    assert (
+        "GPU batch transform: building with NVIDIA's CUDA forward-compatibility libraries "
+        "(CUDA_COMPAT_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04)" in gpu.stderr
+    ), gpu.stderr[-2000:]
+    cpu = _script("--dry-run", "--build", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
+    assert "building image-classifier:local for linux/amd64" in cpu.stderr and "CUDA_COMPAT_IMAGE" not in cpu.stderr
+    for result in (gpu, cpu):
+        assert result.returncode != 0 and "Cannot connect to the Docker daemon" in result.stderr, result.stderr[-2000:]
+    reused = _script("--dry-run", "--skip-build", "--transform-instance-type=ml.g4dn.xlarge", *EQUALS_FORM, tmp_path=tmp_path)
+    assert reused.returncode != 0 and "is a GPU; SageMaker's batch transform hosts" in reused.stderr  # a reused image: the user's word
+
+
 def _operation(request: dict) -> str:
     if request["operation"]:  # JSON APIs name it in a header
         return request["operation"]
