@@ -117,10 +117,9 @@ def test_clarify_on_fails_and_off_never_asks(gate, tmp_path):
 
 
 REFUSED_AT_CREATION = [
-    ("ValidationException", "1 validation error detected: Value null at 'debugRuleConfigurations.1.ruleEvaluatorImage'"),
     ("AccessDeniedException", "User is not authorized to perform: sagemaker:CreateTrainingJob with DebugHookConfig"),
     ("OptInRequired", "The AWS Access Key Id needs a subscription for the service"),
-]  # more codes, without a run each: test_what_counts_as_a_refusal_at_creation
+]  # ValidationException: test_auto_trains_without_the_refused_services_and_says_so; more codes: test_what_counts_as_...
 NEVER_RETRIED = [
     ("ThrottlingException", "Rate exceeded", 400),
     ("ResourceLimitExceeded", "The account-level service limit 'ml.g5.xlarge for training job usage' is 0 Instances", 400),
