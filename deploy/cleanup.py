@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from deploy import results
 from deploy.ownership import owned
 from deploy.state import Resource
 from deploy.tags import ours
@@ -90,3 +91,20 @@ def find_scaling(autoscaling: Any, cloudwatch: Any, run_id: str | None) -> list[
                 found.append(Resource(kind="alarm", name=alarm["AlarmName"]))
     log.info("event=cleanup_found_scaling run_id=%s resources=%d", run_id or "all", len(found))
     return found
+
+
+# what a run leaves under <prefix>/runs/<run>/ that is neither a result nor a model: the async step's
+# request and answer objects (the answer is kept in the run's state.json) and Clarify's copies of test images
+SCRATCH = ("async-input", "async", "clarify-input")
+
+
+def scratch_keys(s3: Any, bucket: str, prefix: str, run_id: str | None) -> list[str]:
+    """The run's (or, without ``run_id``, every run's) objects in the ``SCRATCH`` folders."""
+    runs = f"{prefix}/runs/"
+    keys = results.list_keys(s3, f"s3://{bucket}/{runs}{run_id + '/' if run_id else ''}")
+    return [key for key in keys if len(parts := key[len(runs) :].split("/")) > 2 and parts[1] in SCRATCH]
+
+
+def delete_keys(s3: Any, bucket: str, keys: list[str]) -> None:
+    for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys a request
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]], "Quiet": True})

@@ -6,7 +6,7 @@ line flags (``--region eu-west-1`` or ``--region=eu-west-1``; ``--set key=value`
 tables). A bad value fails with the field's name, so a typo in an instance type costs nothing
 instead of a failed job twenty minutes in. Field checks live on the fields; the rules that tie
 fields together (Hyperband and early stopping, Grid and ranges, KMS keys and instance storage,
-multi-model and CPU) are ``deploy.rules.config_refusals``, run by ``load_config``.
+multi-model and CPU) are ``deploy.refusals.config_refusals``, run by ``load_config``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from deploy import gpu_hosts, instances, kms, rules
+from deploy import gpu_hosts, instances, kms, refusals
 from deploy.day_two_options import CaptureOptions, DriftOptions, RegistryOptions, RolloutOptions
 from deploy.hosting_options import AsyncOptions, AutoscalingOptions, ServerlessOptions
 from deploy.search_space import SearchSpace
@@ -322,9 +322,9 @@ def _coerce(name: str, text: str) -> Any:
 
 def _refused(cfg: DeployConfig, source: str) -> None:
     """The cross-field rules, reported like the field errors: one line per field."""
-    refusals = rules.config_refusals(cfg)
-    if refusals:
-        raise ConfigError("\n".join([f"invalid deploy configuration ({source}):", *(f"  {r}" for r in refusals)]))
+    refused = refusals.config_refusals(cfg)
+    if refused:
+        raise ConfigError("\n".join([f"invalid deploy configuration ({source}):", *(f"  {r}" for r in refused)]))
 
 
 def _set_path(values: dict[str, Any], dotted: str, value: Any) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import ecr, ownership, sdk, teardown
+from deploy import ecr, manifest, ownership, sdk, teardown
 from deploy.aws import Aws
 from deploy.config import DeployConfig
 from deploy.state import Resource, RunState
@@ -73,9 +73,12 @@ class Context:
         """The run's image, by digest (``deploy.ecr.pinned``): resolved once, so every job of the run uses the same."""
         if self.state.image_uri is None:
             try:
-                self.state.image_uri = ecr.pinned(self.aws, self.cfg, self.say)
-            except ecr.ImageError as exc:
+                image = ecr.pinned(self.aws, self.cfg, self.say)
+                if self.aws.dry_run is None:  # before any job or model: an image SageMaker would refuse to pull
+                    self.say(f"event=manifest_ok image={image} media_type={manifest.check(self.aws, image)}")
+            except (ecr.ImageError, manifest.ManifestRefused) as exc:
                 raise StepError(str(exc)) from None
+            self.state.image_uri = image
             self.save()
         return self.state.image_uri
 

@@ -33,9 +33,10 @@ INFERENCE_AMI_DRIVERS = {
     "al2-ami-sagemaker-inference-gpu-3-1": 550,
     NATIVE_AMI: 580,
 }
+CUDA_COMPAT_IMAGE = "nvidia/cuda:13.0.2-base-ubuntu24.04"  # NVIDIA's public CUDA 13 base: /usr/local/cuda/compat
 BUILD_COMPAT = (
-    "build the image with --build-arg CUDA_COMPAT_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04 (NVIDIA's "
-    "forward-compatibility libraries), push it and set image_cuda_compat = true"
+    f"build the image with --build-arg CUDA_COMPAT_IMAGE={CUDA_COMPAT_IMAGE} (NVIDIA's "
+    "forward-compatibility libraries; deploy/push_and_train.sh does when it builds), push it and set image_cuda_compat = true"
 )
 _NEVER = {
     "p2": "a K80 (sm_37): the image's CUDA 13 build has no kernels for it",

@@ -2,7 +2,7 @@
 
 Three tables of the configuration (``[async_inference]``, ``[serverless]``, ``[autoscaling]``; flags as
 ``--set serverless.memory_mb=2048``), and what SageMaker refuses of them, checked before anything is
-sent (``refusals``, run by ``deploy.rules`` for the steps that use them). The limits (AWS's "Hosting
+sent (``deploy.refusals``, for the steps that use them). The limits (AWS's "Hosting
 limits", docs/aws.md): asynchronous payloads up to 1 GB and invocations up to an hour, but no more than
 the container is measured to take (``MAX_PAYLOAD_CEILING_MB``); serverless endpoints run on CPU only,
 with 1-6 GB of memory, images up to 10 GB, no VPC, no network isolation, no multi-model, 4 MB payloads
@@ -12,16 +12,11 @@ and 60 s requests.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deploy import gpu_hosts, instances
+from deploy import instances
 from image_classifier.params import MAX_PAYLOAD_CEILING_MB, MAX_PAYLOAD_ENV, REALTIME_MAX_PAYLOAD_MB, TIMEOUT_ENV
-
-if TYPE_CHECKING:
-    from deploy.config import DeployConfig
-    from deploy.rules import Refusal
 
 ASYNC_MAX_PAYLOAD_MB = 1024  # SageMaker's asynchronous payload limit (1 GB)
 ASYNC_MAX_TIMEOUT_S = 3600  # InvocationTimeoutSeconds
@@ -107,83 +102,6 @@ class AutoscalingOptions(BaseModel):
     @property
     def enabled(self) -> bool:
         return self.max_instances > self.min_instances
-
-
-def config_refusals(cfg: DeployConfig) -> list[Refusal]:
-    """Whatever the steps: bounds that tie fields together."""
-    from deploy.rules import Refusal
-
-    out = []
-    for name, options in (("autoscaling", cfg.autoscaling), ("async_inference", cfg.async_inference)):
-        if options.min_instances > options.max_instances:
-            out.append(Refusal(f"{name}.min_instances", f"{options.min_instances} is above max_instances ({options.max_instances})"))
-    if reason := gpu_hosts.never(cfg.async_inference.instance_type):
-        out.append(Refusal("async_inference.instance_type", reason))
-    return out
-
-
-def plan_refusals(cfg: DeployConfig, steps: list[str]) -> list[Refusal]:
-    """What the async and serverless steps cannot do with this configuration."""
-    out = []
-    if "async" in steps:
-        out += _async(cfg.async_inference)
-    if "serverless" in steps:
-        out += _serverless(cfg)
-    return out
-
-
-def _async(options: AsyncOptions) -> list[Refusal]:
-    from deploy.rules import Refusal
-
-    out = []
-    if options.max_payload_mb > MAX_PAYLOAD_CEILING_MB:
-        limit = "SageMaker's 1 GB" if options.max_payload_mb > ASYNC_MAX_PAYLOAD_MB else "the container's measured ceiling"
-        out.append(
-            Refusal(
-                "async_inference.max_payload_mb",
-                f"{options.max_payload_mb} MB is above {limit}: the container handles at most {MAX_PAYLOAD_CEILING_MB} MB "
-                "(docs/serving.md#limits): send larger images smaller, or split them",
-            )
-        )
-    if options.timeout_s > ASYNC_MAX_TIMEOUT_S:
-        out.append(
-            Refusal("async_inference.timeout_s", f"{options.timeout_s} s: an asynchronous invocation takes at most {ASYNC_MAX_TIMEOUT_S} s")
-        )
-    return out
-
-
-def _serverless(cfg: DeployConfig) -> list[Refusal]:
-    from deploy.rules import Refusal
-
-    options, out = cfg.serverless, []
-    if options.memory_mb not in SERVERLESS_MEMORY_MB:
-        sizes = ", ".join(map(str, SERVERLESS_MEMORY_MB))
-        out.append(Refusal("serverless.memory_mb", f"{options.memory_mb}: serverless endpoints take {sizes} MB (at most 6 GB)"))
-    if options.max_payload_mb > SERVERLESS_MAX_PAYLOAD_MB:
-        out.append(
-            Refusal(
-                "serverless.max_payload_mb",
-                f"{options.max_payload_mb} MB: a serverless endpoint takes at most {SERVERLESS_MAX_PAYLOAD_MB} MB per request",
-            )
-        )
-    if options.timeout_s > SERVERLESS_MAX_TIMEOUT_S:
-        out.append(Refusal("serverless.timeout_s", f"{options.timeout_s} s: a serverless request ends after {SERVERLESS_MAX_TIMEOUT_S} s"))
-    if cfg.subnets:
-        out.append(
-            Refusal(
-                "subnets",
-                "serverless endpoints run outside your VPC (SageMaker refuses a VpcConfig): run the serverless step without subnets and security_group_ids",
-            )
-        )
-    if cfg.network_isolation:
-        out.append(
-            Refusal(
-                "network_isolation",
-                "serverless endpoints cannot be network-isolated (SageMaker refuses it): run the serverless step with "
-                "--network-isolation false (its model only; the run's jobs keep theirs)",
-            )
-        )
-    return out
 
 
 def serverless_image_problem(image_uri: str, size_bytes: int | None) -> str | None:

@@ -8,7 +8,7 @@
     python -m deploy.pipeline mme transform clarify --yes      # the optional steps
     python -m deploy.pipeline explain                          # heatmaps over the test set, an HTML gallery (no Clarify needed)
     python -m deploy.pipeline async --yes                      # asynchronous endpoint (S3 in and out, scales to zero) + top-5
-    python -m deploy.pipeline serverless --yes --network-isolation false   # serverless endpoint (CPU) + top-5
+    python -m deploy.pipeline serverless --yes   # serverless endpoint (CPU) + top-5
     python -m deploy.pipeline cleanup                          # stop/delete what this run still has (by tag)
     python -m deploy.pipeline register                         # the run's final model -> a version in the registry group
     python -m deploy.pipeline models                           # the group's versions: metrics, approval, where each is live
@@ -40,7 +40,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deploy import config as config_module
-from deploy import quiet, rules, signals
+from deploy import quiet, refusals, signals
 from deploy.aws import Aws
 from deploy.config import ConfigError, DeployConfig
 from deploy.context import Context, StepError
@@ -122,10 +122,10 @@ def run(steps: list[str], ctx: Context, plan: list[str] | None = None) -> Contex
 
 
 def check_plan(cfg: DeployConfig, steps: list[str]) -> None:
-    """The rules that depend on which steps run (``deploy.rules.plan_refusals``), before any of them."""
-    refusals = rules.plan_refusals(cfg, steps)
-    if refusals:
-        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refusals)]))
+    """The rules that depend on which steps run (``deploy.refusals.plan_refusals``), before any of them."""
+    refused = refusals.plan_refusals(cfg, steps)
+    if refused:
+        raise ConfigError("\n".join([f"invalid deploy configuration for the steps {','.join(steps)}:", *(f"  {r}" for r in refused)]))
 
 
 def _summary(ctx: Context, steps: list[str], outcomes: list[Outcome]) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from deploy import permissions
 from deploy.aws import Aws
 from deploy.config import DeployConfig
 
@@ -33,6 +34,7 @@ TRUST_POLICY = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": SAGEMAKER}, "Action": "sts:AssumeRole"}],
 }
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+SERVERLESS_CONCURRENCY = "Maximum total concurrency that can be allocated across all serverless endpoints"
 
 
 @dataclass(frozen=True)
@@ -130,10 +132,12 @@ def quota_needs(cfg: DeployConfig, plan: list[str]) -> Counter[str]:
             needs[f"{instance_type} for endpoint usage"] += count
     if "promote" in plan:  # blue/green: the new fleet comes up beside the old one
         needs[f"{cfg.endpoint_instance_type} for endpoint usage"] += 2 * cfg.rollout.instance_count
-    if "transform" in plan:
+    if "transform" in plan or "explain" in plan:  # one instance each, one job at a time (the steps run in turn)
         needs[f"{cfg.transform_instance_type} for transform job usage"] += 1
     if "clarify" in plan:
         needs[f"{cfg.clarify_instance_type} for processing job usage"] += 1
+    if "serverless" in plan:
+        needs[SERVERLESS_CONCURRENCY] += cfg.serverless.max_concurrency
     return needs
 
 
@@ -204,9 +208,22 @@ def docker() -> Finding:
     return Finding("docker", "ok", f"platform={platform}")
 
 
+def allowed(aws: Aws, cfg: DeployConfig) -> Finding:
+    """The caller's own policy against deploy/iam/user-policy.json (``deploy.permissions``)."""
+    result = permissions.simulate(aws.client("sts"), aws.client("iam"), cfg)
+    fix = "attach deploy/iam/user-policy.json with its placeholders filled (docs/aws.md#permissions)"
+    if result.denied is None:
+        return Finding(
+            "permissions", "warning", f"cannot simulate the policy of {result.principal} ({result.reason}): not checked", f"by hand: {fix}"
+        )
+    if result.denied:
+        return Finding("permissions", "problem", f"{result.principal} lacks {', '.join(result.denied)}", fix)
+    return Finding("permissions", "ok", f"{result.principal} has every action of deploy/iam/user-policy.json")
+
+
 def run(aws: Aws, cfg: DeployConfig, plan: list[str]) -> list[Finding]:
     """Every check; without credentials only that finding (nothing else can be asked)."""
     first = credentials(aws, cfg)
     if first.status != "ok":
         return [first]
-    return [first, bucket(aws, cfg), role(aws, cfg, aws.account()), *quotas(aws, cfg, plan), docker()]
+    return [first, bucket(aws, cfg), role(aws, cfg, aws.account()), allowed(aws, cfg), *quotas(aws, cfg, plan), docker()]

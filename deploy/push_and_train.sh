@@ -55,6 +55,13 @@ done
 
 [[ -x "$PYTHON" ]] || die "$PYTHON not found: run 'make venv' first"
 args=("${pipeline_args[@]+"${pipeline_args[@]}"}")
+# 0. a GPU batch transform needs NVIDIA's forward-compatibility libraries in the image: a build here carries
+#    them (from NVIDIA's public CUDA base image) and the run knows it (deploy/build_args.py)
+compat_arg=""
+if ((build)); then
+  compat_arg=$("$PYTHON" -m deploy.build_args "${args[@]+"${args[@]}"}")
+  [[ -z "$compat_arg" ]] || args+=(--set image_cuda_compat=true)
+fi
 
 # 1. the configuration and the arguments, checked before anything is built or sent (all of them:
 #    the image must go to the region and repository the jobs will use); then the account's
@@ -78,8 +85,26 @@ elif ((build)); then
     "$PYTHON" -m deploy.weights --model "$model" --out docker/pretrained
     build_args+=(--build-arg PRETRAINED_DIR=docker/pretrained)
   fi
-  say "building $local_image for $platform"
-  "$DOCKER" build --platform "$platform" "${build_args[@]+"${build_args[@]}"}" -t "$local_image" .
+  # a single-platform Docker v2 image: SageMaker refuses an OCI index (BuildKit's attestations) and OCI manifests;
+  # buildx without attestations where it is there, else the classic builder (docs/aws.md#images-sagemaker-accepts)
+  if [[ "${DOCKER_BUILDKIT:-1}" != 0 ]] && "$DOCKER" buildx version >/dev/null 2>&1; then
+    builder=(buildx build --provenance=false --sbom=false --load)
+  else
+    builder=(build)
+    export DOCKER_BUILDKIT=0
+  fi
+  store=$("$DOCKER" info --format '{{.DriverStatus}}' 2>/dev/null || true)
+  if [[ "$store" == *containerd.snapshotter* ]]; then
+    say "warning: Docker's containerd image store is on: it pushes OCI manifests, which SageMaker refuses;" \
+      "turn it off (Docker Desktop: Settings > General > 'Use containerd for pulling and storing images') and rebuild" \
+      "(the manifest check after the push stops the run otherwise)"
+  fi
+  if [[ -n "$compat_arg" ]]; then
+    build_args+=(--build-arg "$compat_arg")
+    say "GPU batch transform: building with NVIDIA's CUDA forward-compatibility libraries ($compat_arg)"
+  fi
+  say "building $local_image for $platform (docker ${builder[*]})"
+  "$DOCKER" "${builder[@]}" --platform "$platform" "${build_args[@]+"${build_args[@]}"}" -t "$local_image" .
 else
   command -v "$DOCKER" >/dev/null || die "docker not found"
   built_for=$("$DOCKER" image inspect --format '{{.Os}}/{{.Architecture}}' "$local_image" 2>/dev/null) \
@@ -103,6 +128,9 @@ if ((!dry_run)); then
     | awk -v repo="${target%:*}@" 'index($0, repo) == 1 && !found { print; found = 1 }')
   [[ -n "$digest" ]] || die "docker reported no digest for $target"
   say "pushed $digest"
+  # the manifest of that exact digest, read back: only a Docker v2 manifest reaches a job or a model
+  "$PYTHON" -m deploy.manifest "$digest" "${args[@]+"${args[@]}"}" \
+    || die "SageMaker cannot pull $digest (the reason and the fix above); nothing was created"
   args+=(--set "image_uri=$digest")
 fi
 

@@ -19,6 +19,11 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def encryption(kms_key_id: str | None) -> dict[str, str]:
+    """The arguments that write an object with the run's KMS key (none without one: the bucket's default)."""
+    return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id} if kms_key_id else {}
+
+
 def list_keys(s3: Any, uri: str) -> list[str]:
     bucket, prefix = split_s3(uri)
     keys: list[str] = []

@@ -1,13 +1,8 @@
 """What SageMaker refuses and neither botocore nor the emulator does, refused here first.
 
-Two views of the same rules:
-
-- ``config_refusals(cfg)``: the configuration check, run whenever a configuration is loaded, so
-  a bad combination fails with the field's name before anything is built or sent;
-  ``plan_refusals(cfg, steps)`` adds the rules that depend on the steps a run will take.
-- ``RequestRules``: the same rules on each request as the SDK finally builds it (the SDK adds
-  the organisation's defaults from its own config.yaml, which the configuration never sees),
-  plus name reuse within a session. ``deploy.aws`` runs them, with the service model's
+``RequestRules``: the configuration's rules (``deploy.refusals``, with the same messages) on each
+request as the SDK finally builds it (the SDK adds the organisation's defaults from its own
+config.yaml, which the configuration never sees), plus name reuse within a session. ``deploy.aws`` runs them, with the service model's
   constraints, on every request before it is sent; the tests run them on every recorded request.
 
 docs/aws.md lists every rule with the message it prints.
@@ -16,14 +11,12 @@ docs/aws.md lists every rule with the message it prints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from deploy import gpu_hosts, hosting_options, kms
+from deploy import gpu_hosts, kms
 from deploy.instances import has_local_nvme, is_accelerated
+from deploy.refusals import GRID_LIMIT, HYPERBAND_AUTO, MULTI_MODEL_GPU
 from deploy.rollout_rules import RolloutRules
-
-if TYPE_CHECKING:
-    from deploy.config import DeployConfig
 
 CLARIFY_IMAGE = "sagemaker-clarify-processing"
 NAME_KEYS = {
@@ -35,28 +28,6 @@ NAME_KEYS = {
     "CreateEndpointConfig": "EndpointConfigName",
     "CreateEndpoint": "EndpointName",
 }
-HYPERBAND_AUTO = (
-    'Hyperband stops unpromising trials itself; SageMaker refuses it with early stopping Auto: set early_stopping = "Off" or leave it unset'
-)
-GRID_CONTINUOUS = "Grid search takes categorical ranges only; {names} {verb} continuous: list the values to try in {fields}"
-GRID_LIMIT = "Grid search runs every combination of the categorical values and takes no job limit: remove max_jobs"
-MULTI_MODEL_GPU = (
-    "{value!r} is accelerated; multi-model endpoints of a multi-model-server container run on CPU instance types only "
-    "(GPU multi-model endpoints need Triton): choose e.g. ml.m5.xlarge or ml.c5.2xlarge"
-)
-VOLUME_KEY_ALIAS = (
-    "{key!r} is an alias; the volume KMS key of training, tuning and processing jobs takes a key id or key ARN only "
-    "({types} {verb} EBS volumes): set volume_kms_key_id to the key's ARN ({hint})"
-)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
 
 
 class RequestRefused(ValueError):
@@ -65,68 +36,6 @@ class RequestRefused(ValueError):
     def __init__(self, operation: str, problems: list[str]):
         self.operation, self.problems = operation, problems
         super().__init__(f"AWS would refuse {operation}; nothing was sent:\n" + "\n".join(f"  {p}" for p in problems))
-
-
-def _plural(names: list[str]) -> str:
-    return "are" if len(names) > 1 else "is"
-
-
-def config_refusals(cfg: DeployConfig) -> list[Refusal]:
-    """Every cross-field rule the configuration breaks (field-level checks live on the fields)."""
-    out: list[Refusal] = []
-    if bool(cfg.subnets) != bool(cfg.security_group_ids):
-        out.append(Refusal("subnets", "subnets and security_group_ids go together: set both or neither"))
-    if cfg.use_spot and cfg.max_wait_s is not None and cfg.max_wait_s < cfg.max_run_s:
-        out.append(Refusal("max_wait_s", f"max_wait_s ({cfg.max_wait_s}) must be >= max_run_s ({cfg.max_run_s}) with Spot"))
-    if cfg.strategy == "Hyperband" and cfg.early_stopping == "Auto":
-        out.append(Refusal("early_stopping", HYPERBAND_AUTO))
-    if cfg.strategy == "Grid":
-        continuous = [name for name in ("lr_scale", "weight_decay") if not getattr(cfg.search, f"{name}_values")]
-        if continuous:
-            fields = " and ".join(f"search.{name}_values" for name in continuous)
-            out.append(Refusal("search", GRID_CONTINUOUS.format(names=" and ".join(continuous), verb=_plural(continuous), fields=fields)))
-        if cfg.max_jobs is not None:
-            out.append(Refusal("max_jobs", GRID_LIMIT))
-    elif cfg.job_limit is not None and cfg.max_parallel_jobs > cfg.job_limit:
-        out.append(Refusal("max_parallel_jobs", f"max_parallel_jobs ({cfg.max_parallel_jobs}) exceeds max_jobs ({cfg.job_limit})"))
-    volume_key = cfg.volume_kms_key_id or cfg.kms_key_id
-    if volume_key and kms.is_alias(volume_key):
-        with_ebs = [name for name in ("train_instance_type", "clarify_instance_type") if not has_local_nvme(getattr(cfg, name))]
-        if with_ebs:
-            types = ", ".join(f"{name}={getattr(cfg, name)}" for name in with_ebs)
-            message = VOLUME_KEY_ALIAS.format(
-                key=volume_key, types=types, verb="have" if len(with_ebs) > 1 else "has", hint=kms.describe_key_hint(volume_key)
-            )
-            out.append(Refusal("kms_key_id", message))
-    if is_accelerated(cfg.multi_model_instance_type):
-        out.append(Refusal("multi_model_instance_type", MULTI_MODEL_GPU.format(value=cfg.multi_model_instance_type)))
-    return out + _gpu_refusals(cfg) + hosting_options.config_refusals(cfg)
-
-
-def _gpu_refusals(cfg: DeployConfig) -> list[Refusal]:
-    """The GPU hosts the image cannot run on (``deploy.gpu_hosts``; docs/image.md, "GPU drivers")."""
-    out = []
-    for name in ("train_instance_type", "endpoint_instance_type", "transform_instance_type"):
-        if reason := gpu_hosts.never(getattr(cfg, name)):
-            out.append(Refusal(name, reason))
-    if reason := gpu_hosts.transform_problem(cfg.transform_instance_type, cfg.image_cuda_compat):
-        out.append(Refusal("transform_instance_type", reason))
-    if cfg.inference_ami_version and (reason := gpu_hosts.ami_problem(cfg.inference_ami_version, cfg.image_cuda_compat)):
-        out.append(Refusal("inference_ami_version", reason))
-    return out
-
-
-def plan_refusals(cfg: DeployConfig, steps: list[str]) -> list[Refusal]:
-    """Rules that hold only for the steps a run takes (the async and serverless ones: ``deploy.hosting_options``)."""
-    out = hosting_options.plan_refusals(cfg, steps)
-    if "clarify" in steps and gpu_hosts.is_nvidia(cfg.endpoint_instance_type):
-        message = (
-            f"{cfg.endpoint_instance_type!r} is a GPU: Clarify's shadow endpoint takes no InferenceAmiVersion, and SageMaker's "
-            "default GPU host drivers cannot run the image's CUDA 13 build: run the clarify step with a CPU type "
-            "(--endpoint-instance-type ml.m5.xlarge)"
-        )
-        out.append(Refusal("endpoint_instance_type", message))
-    return out
 
 
 def _volume(where: str, resources: dict[str, Any], *, alias_allowed: bool) -> list[str]:
@@ -163,6 +72,29 @@ def _channels(where: str, definition: dict[str, Any]) -> list[str]:
 def _never(where: str, resources: dict[str, Any]) -> list[str]:
     reason = gpu_hosts.never(resources.get("InstanceType", ""))
     return [f"{where}.InstanceType: {reason}"] if reason else []
+
+
+def _tuning_resources(params: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Each instance setting of a tuning job, as the pinned SDK sends it: where it sits and its fields.
+
+    SDK v2 sends ``HyperParameterTuningResourceConfig`` (not ``ResourceConfig``), one definition in
+    ``TrainingJobDefinition`` or several in ``TrainingJobDefinitions`` (a tuner of several estimators),
+    and with instance configs (``InstanceConfigs``) one type per entry under the definition's one
+    volume key: each entry is checked with that key.
+    """
+    definitions = [("TrainingJobDefinition", params["TrainingJobDefinition"])] if "TrainingJobDefinition" in params else []
+    definitions += [(f"TrainingJobDefinitions[{i}]", d) for i, d in enumerate(params.get("TrainingJobDefinitions", []))]
+    out = []
+    for prefix, definition in definitions:
+        for key in ("ResourceConfig", "HyperParameterTuningResourceConfig"):
+            resources = definition.get(key)
+            if not resources:
+                continue
+            out.append((f"{prefix}.{key}", resources))
+            for index, entry in enumerate(resources.get("InstanceConfigs", [])):
+                with_key = {**entry, "VolumeKmsKeyId": resources.get("VolumeKmsKeyId")}
+                out.append((f"{prefix}.{key}.InstanceConfigs[{index}]", with_key))
+    return out
 
 
 @dataclass
@@ -207,14 +139,13 @@ class RequestRules:
                 problems.append("HyperParameterTuningJobConfig.ParameterRanges: Grid search takes categorical ranges only")
             if config.get("ResourceLimits", {}).get("MaxNumberOfTrainingJobs") is not None:
                 problems.append(f"HyperParameterTuningJobConfig.ResourceLimits.MaxNumberOfTrainingJobs: {GRID_LIMIT}")
-        definition = params.get("TrainingJobDefinition", {})
-        resources = definition.get("ResourceConfig", {})
-        return (
-            problems
-            + _channels("TrainingJobDefinition.", definition)
-            + _volume("TrainingJobDefinition.ResourceConfig", resources, alias_allowed=False)
-            + _never("TrainingJobDefinition.ResourceConfig", resources)
-        )
+        for where, resources in _tuning_resources(params):
+            problems += _volume(where, resources, alias_allowed=False) + _never(where, resources)
+        definitions = [("TrainingJobDefinition.", params["TrainingJobDefinition"])] if "TrainingJobDefinition" in params else []
+        definitions += [(f"TrainingJobDefinitions[{i}].", d) for i, d in enumerate(params.get("TrainingJobDefinitions", []))]
+        for where, definition in definitions:
+            problems += _channels(where, definition)
+        return problems
 
     def _CreateTrainingJob(self, params: dict[str, Any]) -> list[str]:
         resources = params.get("ResourceConfig", {})

@@ -170,8 +170,14 @@ def model(
     model_data: str,
     name: str,
     env: dict[str, str] | None = None,
+    serverless: bool = False,
 ) -> Any:
-    """``env``: the container's environment (the async and serverless limits)."""
+    """``env``: the container's environment (the async and serverless limits).
+
+    ``serverless``: the one model created without network isolation, whatever ``network_isolation``
+    says (SageMaker refuses an isolated model on a serverless endpoint); every other model and job
+    of the run keeps the configured value.
+    """
     from sagemaker.model import Model
 
     return Model(
@@ -180,7 +186,7 @@ def model(
         role=cfg.role_arn,
         name=name,
         env=env,
-        enable_network_isolation=cfg.network_isolation,
+        enable_network_isolation=False if serverless else cfg.network_isolation,
         vpc_config=_vpc_config(cfg),
         sagemaker_session=sm_session,
         predictor_cls=predictor,

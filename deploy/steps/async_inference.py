@@ -66,8 +66,7 @@ def query_async(ctx: Context, endpoint: str) -> dict[str, Any]:
     body, sample = sample_bytes(ctx)
     key = f"{ctx.cfg.prefix}/runs/{ctx.state.run_id}/async-input/{uuid.uuid4().hex}-{sample.rsplit('/', 1)[-1]}"
     s3 = ctx.aws.client("s3")
-    encryption = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": ctx.cfg.kms_key_id} if ctx.cfg.kms_key_id else {}
-    s3.put_object(Bucket=ctx.cfg.bucket, Key=key, Body=body, **encryption)
+    s3.put_object(Bucket=ctx.cfg.bucket, Key=key, Body=body, **results.encryption(ctx.cfg.kms_key_id))
     sent = ctx.aws.client("sagemaker-runtime").invoke_endpoint_async(
         EndpointName=endpoint,
         InputLocation=f"s3://{ctx.cfg.bucket}/{key}",

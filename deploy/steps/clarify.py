@@ -6,8 +6,9 @@ probabilities``, present with ``probabilities=true``) and their names, in the sa
 (``label_headers``: the model card's classes). The job runs without network isolation (it
 must reach its shadow endpoint), with the output and volume KMS keys and a runtime limit.
 
-``clarify = "auto"``: where SageMaker refuses Clarify (closed to new customers), the step is
-skipped with one line naming the project's own alternative; ``"on"`` fails; ``"off"`` skips.
+``clarify = "auto"``: where SageMaker refuses the Clarify job at creation (``deploy.services``:
+by the kind of error, not its text) or the job fails as a closed service (by its text), the step
+is skipped with one line naming the project's own alternative; ``"on"`` fails; ``"off"`` skips.
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ def _copy_sample_images(ctx: Context, dest: str) -> None:
     test = ctx.need("channels", "data").get("test") or ctx.state.channels["validation"]
     bucket, _ = results.split_s3(test)
     dest_bucket, dest_prefix = results.split_s3(dest)
+    _, test_prefix = results.split_s3(test.rstrip("/") + "/")
     keys = [k for k in results.list_keys(s3, test.rstrip("/") + "/") if not k.endswith("/")][:CLARIFY_IMAGES]
     for key in keys:
-        s3.copy_object(Bucket=dest_bucket, Key=dest_prefix + key.rsplit("/", 1)[-1], CopySource={"Bucket": bucket, "Key": key})
+        s3.copy_object(
+            Bucket=dest_bucket,
+            Key=dest_prefix + key[len(test_prefix) :].replace("/", "-"),  # ant/0.png -> ant-0.png: one flat folder, no name clash
+            CopySource={"Bucket": bucket, "Key": key},
+            **results.encryption(ctx.cfg.kms_key_id),  # a copy is a new object: without these, the bucket's default
+        )
 
 
 def _labels(ctx: Context) -> list[str] | None:
@@ -50,8 +57,7 @@ def _skip(ctx: Context, reason: str, outcome: str) -> None:
 
 def _refused(ctx: Context, exc: BaseException, *, failed_job: bool) -> bool:
     """True when ``exc`` is Clarify being refused and the mode lets the run go on without it."""
-    named = services.refused(exc, failed_job=failed_job)
-    if named is None or (named and "clarify" not in named):
+    if not (services.failed_as_closed(exc) if failed_job else services.refused_at_creation(exc)):
         return False
     if ctx.cfg.clarify == "on":
         raise StepError(f'SageMaker refused Clarify ({services.describe(exc)}); set clarify = "off" or "auto" to go on without it') from exc

@@ -1,10 +1,12 @@
 """A serverless endpoint: no instance to run, billed per request, scaled by SageMaker, CPU only.
 
 The configuration check refuses what serverless cannot do before anything is sent
-(``deploy.hosting_options``): GPU, memory other than 1-6 GB, VPC, network isolation, multi-model,
-payloads over 4 MB, requests over 60 s; this step refuses an image over 10 GB (its size in ECR). The
-image to use there is the CPU-only build (``serverless.image_uri``; docs/aws.md#serverless): the CUDA
-build runs, but is 7 GB to pull on every cold start.
+(``deploy.refusals``): GPU, memory other than 1-6 GB, VPC, multi-model, payloads over 4 MB,
+requests over 60 s. Its model is the run's only one created without network isolation (serverless
+endpoints refuse it); the run's other jobs and models keep ``network_isolation``. The step refuses
+an image over 10 GB (its size in ECR). The image to use there is the CPU-only build
+(``serverless.image_uri``; docs/aws.md#serverless): the CUDA build runs, but is 7 GB to pull on
+every cold start.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def step_serverless(ctx: Context) -> None:
         model_data=ctx.need("final_model_data", "train"),
         name=name,
         env=hosting_options.serverless_environment(options),
+        serverless=True,
     )
+    ctx.say(f"event=network_isolation model={name} isolated=false reason=serverless_endpoints_refuse_it others={ctx.cfg.network_isolation}")
     for kind in ("model", "endpoint-config", "endpoint"):
         ctx.record(kind, name)
     ctx.state.serverless_endpoint = name

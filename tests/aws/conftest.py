@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.aws import iam_calls
 from tests.aws.gate import Gate
 from tests.helpers import VENV_BIN, free_port
 
@@ -195,3 +196,26 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if "tests/aws/" in str(item.fspath):
             item.add_marker(pytest.mark.aws)
+
+
+RECORDER = iam_calls.Recorder()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def observed_operations() -> Iterator[iam_calls.Recorder]:
+    """Every AWS call made in this session (tests/aws/test_iam.py; ``IC_OBSERVED_OPERATIONS``: a file to add them to)."""
+    uninstall = RECORDER.install()
+    yield RECORDER
+    uninstall()
+    if os.environ.get("IC_OBSERVED_OPERATIONS"):
+        RECORDER.save(Path(os.environ["IC_OBSERVED_OPERATIONS"]))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """A call seen anywhere in the aws tier that the user's policy (deploy/iam/user-policy.json) does not grant fails the run."""
+    if not RECORDER.seen or not (iam_calls.IAM / "user-policy.json").exists():
+        return
+    lacking = iam_calls.missing(RECORDER.seen, iam_calls.policy_actions(iam_calls.IAM / "user-policy.json"))
+    if lacking:
+        print("\nevent=iam_policy_lacks calls=" + ";".join(lacking))
+        session.exitstatus = 1

@@ -17,7 +17,8 @@ StopProcessingJob). So this proxy forwards every request to the emulator unchang
 - a refusal rule: a matching request gets the given AWS error (a service closed to the account);
 - a recorded answer (``answer``): a call the emulator does not implement (Service Quotas'
   ListServiceQuotas, and SageMaker's quotas in ListAWSDefaultServiceQuotas) gets the answer
-  given, in the API's own shape (``tests/aws/recorded.py``);
+  given, in the API's own shape (``tests/aws/recorded.py``); ``answer_query`` does the same for a
+  query-protocol call (IAM's SimulatePrincipalPolicy), its XML built from the request's form;
 - Application Auto Scaling's ListTagsForResource (moto 5.2.5 keeps no tags of scalable targets and
   lacks the call): answered with the tags the target was registered with (``RegisterScalableTarget``
   requests through the gate), found by the ARN the emulator's DescribeScalableTargets gave it;
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from tests.aws.rollouts import Rollouts
 
@@ -77,6 +78,7 @@ class Refusal:
     when: Callable[[dict[str, Any]], bool]
     code: str
     message: str
+    status: int = 400  # a 5xx: the service failing, not refusing
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Gate:
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     answers: dict[str, dict[str, Any]] = field(default_factory=dict)  # X-Amz-Target -> a recorded answer
     invocations: list[dict[str, Any]] = field(default_factory=list)  # InvokeEndpoint requests as sent
+    query_answers: dict[str, Callable[[dict[str, list[str]]], str]] = field(default_factory=dict)  # query Action (IAM) -> XML
     stopped: set[str] = field(default_factory=set)
     target_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # scalable target resource id -> its tags
     target_ids: dict[str, str] = field(default_factory=dict)  # scalable target ARN -> resource id
@@ -102,12 +105,16 @@ class Gate:
     def hold(self, kind: str, name_pattern: str, status: str, *, release_after: int | None = None, **fields: Any) -> None:
         self.holds.append(Hold(kind, re.compile(name_pattern), status, release_after, fields))
 
-    def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str) -> None:
-        self.refusals.append(Refusal(operation, when, code, message))
+    def refuse(self, operation: str, when: Callable[[dict[str, Any]], bool], code: str, message: str, status: int = 400) -> None:
+        self.refusals.append(Refusal(operation, when, code, message, status))
 
     def answer(self, target: str, body: dict[str, Any]) -> None:
         """Requests with this ``X-Amz-Target`` get ``body`` (a call the emulator lacks)."""
         self.answers[target] = body
+
+    def answer_query(self, action: str, answer: Callable[[dict[str, list[str]]], str]) -> None:
+        """Query-protocol requests (IAM) with this ``Action`` get ``answer(form)``, an XML body (a call the emulator lacks)."""
+        self.query_answers[action] = answer
 
     def calls(self, operation: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -159,7 +166,7 @@ class Gate:
             self.log.append((operation, body))
             refusal = next((r for r in self.refusals if r.operation == operation and r.when(body)), None)
         if refusal is not None:
-            return 400, json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
+            return refusal.status, json.dumps({"__type": refusal.code, "message": refusal.message}).encode()
         for kind, (noun, _) in KINDS.items():
             name = body.get(f"{noun}Name", "")
             if operation == f"Stop{noun}" and self._held(kind, name) is not None:
@@ -280,6 +287,13 @@ def _handler(gate: Gate, upstream: Any) -> type[BaseHTTPRequestHandler]:
                 with gate._lock:
                     gate.log.append((target.split(".", 1)[1], json.loads(body or b"{}")))
                 self._reply(200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(gate.answers[target]).encode())
+                return
+            form = parse_qs(body.decode(errors="replace")) if not target and b"Action=" in body else {}
+            if form.get("Action", [""])[0] in gate.query_answers:
+                action = form["Action"][0]
+                with gate._lock:
+                    gate.log.append((action, {k: v for k, v in form.items()}))
+                self._reply(200, {"Content-Type": "text/xml"}, gate.query_answers[action](form).encode())
                 return
             if not target.startswith("SageMaker."):
                 self._reply(*self._forward(body))

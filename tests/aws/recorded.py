@@ -10,6 +10,7 @@ quotas by name and only prints the code in the fix. Values: a new account, GPU q
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 ACCOUNT = "123456789012"
@@ -50,3 +51,23 @@ def answers(applied: dict[str, float]) -> dict[str, dict[str, Any]]:
         LIST_APPLIED: {"Quotas": [quota(name, value, applied=True) for name, value in applied.items()]},
         LIST_DEFAULTS: {"Quotas": [quota(name, value, applied=False) for name, value in NEW_ACCOUNT.items()]},
     }
+
+
+def simulated(denied: set[str]) -> Callable[[dict[str, list[str]]], str]:
+    """IAM's SimulatePrincipalPolicy (moto lacks it): each asked action allowed, but those in ``denied``."""
+
+    def answer(form: dict[str, list[str]]) -> str:
+        numbered = {int(k.rsplit(".", 1)[-1]): v[0] for k, v in form.items() if k.startswith("ActionNames.member.")}
+        asked = [numbered[i] for i in sorted(numbered)]
+        members = "".join(
+            f"<member><EvalActionName>{a}</EvalActionName><EvalResourceName>*</EvalResourceName>"
+            f"<EvalDecision>{'implicitDeny' if a in denied else 'allowed'}</EvalDecision></member>"
+            for a in asked
+        )
+        return (
+            '<SimulatePrincipalPolicyResponse xmlns="https://iam.amazonaws.com/doc/2010-05-08/"><SimulatePrincipalPolicyResult>'
+            f"<IsTruncated>false</IsTruncated><EvaluationResults>{members}</EvaluationResults></SimulatePrincipalPolicyResult>"
+            "<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>"
+        )
+
+    return answer

@@ -48,10 +48,11 @@ def _line(lines: list[str], check: str, status: str) -> list[str]:
 def test_a_ready_account_passes_every_check(gate, docker_says, tmp_path, capsys):
     for target, body in recorded.answers({SPOT_G5: 3.0}).items():
         gate.answer(target, body)
+    gate.answer_query("SimulatePrincipalPolicy", recorded.simulated(set()))
     docker_says("linux/x86_64")
     code, lines = _check(capsys, tmp_path)
     assert code == 0, lines
-    for check in ("credentials", "bucket", "role", "docker"):
+    for check in ("credentials", "bucket", "role", "permissions", "docker"):
         assert len(_line(lines, check, "ok")) == 1, (check, lines)
     assert _line(lines, "quota", "ok") == [
         f"check=quota status=ok detail=\"'{SPOT_G5}' = 3 (needs 3)\"",  # 3 trials at once (max_parallel_jobs)
@@ -84,7 +85,9 @@ def test_a_new_account_is_told_each_fix(gate, docker_says, tmp_path, capsys):
     assert f"--quota-code {recorded.CODES[SPOT_G5]} --desired-value 3 --region us-east-1" in quota
     (docker,) = _line(lines, "docker", "warning")
     assert "Docker runs linux/arm64" in docker and "binfmt" in docker
-    assert "event=check_done problems=3 warnings=1" in lines
+    (permissions,) = _line(lines, "permissions", "warning")  # the emulator cannot simulate: said, not guessed
+    assert "cannot simulate the policy of arn:aws:sts::123456789012:user/moto" in permissions
+    assert "event=check_done problems=3 warnings=2" in lines
     assert any("the pre-flight found 3 problem(s)" in line for line in lines)
 
 
@@ -142,3 +145,23 @@ def test_quota_needs_follow_the_plan():
         "ml.m5.xlarge for transform job usage": 1,
         "ml.m5.xlarge for processing job usage": 1,
     }
+
+
+def test_quota_needs_count_every_step_of_the_run():
+    cfg = load_config(
+        overrides={
+            "region": REGION,
+            "role_arn": ROLE,
+            "bucket": BUCKET,
+            "serverless": {"max_concurrency": 7},
+            "async_inference": {"max_instances": 3},
+        },
+        environ={},
+    )
+    needs = preflight.quota_needs(cfg, ["deploy", "transform", "explain", "async", "serverless"])
+    assert needs == {
+        "ml.m5.xlarge for endpoint usage": 1 + 3,  # the real-time endpoint and the async one at its most
+        "ml.m5.xlarge for transform job usage": 1,  # transform and explain run one after the other
+        preflight.SERVERLESS_CONCURRENCY: 7,
+    }
+    assert preflight.quota_needs(cfg, ["explain"]) == {"ml.m5.xlarge for transform job usage": 1}

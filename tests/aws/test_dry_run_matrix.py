@@ -8,6 +8,8 @@ each configuration's point is asserted on the requests themselves.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from deploy import pipeline, service_model
@@ -15,7 +17,7 @@ from deploy.config import load_config
 from deploy.rules import RequestRules
 from tests.aws.conftest import BUCKET, REGION, ROLE
 
-# serverless refuses network isolation (on by default) and a VPC: its dry run is tests/aws/test_hosting.py's
+# serverless refuses a VPC (one configuration here has one): its dry runs are below and in tests/aws/test_hosting.py
 EVERY_STEP = [s.name for s in pipeline.STEPS if s.name != "serverless"]
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 VPC = {"subnets": ["subnet-0123456789abcdef0"], "security_group_ids": ["sg-0123456789abcdef0"]}
@@ -164,3 +166,40 @@ def test_grid_search_sends_categorical_ranges_and_no_job_limit(aws, tmp_path):
     assert not config["ParameterRanges"].get("ContinuousParameterRanges") and not config["ParameterRanges"].get("IntegerParameterRanges")
     assert {r["Name"]: r["Values"] for r in config["ParameterRanges"]["CategoricalParameterRanges"]}["lr_scale"] == ["0.5", "2.0"]
     assert aws.requests() == []
+
+
+def _command_line_dry_run(tmp_path, capfd, *flags):
+    """``python -m deploy.pipeline all --with serverless --dry-run ...`` as a user types it; the requests it prints."""
+    argv = ["all", "--with", "serverless", "--dry-run", "--region", REGION, "--role-arn", ROLE, "--bucket", BUCKET, *flags]
+    argv += ["--set", f"runs_dir={tmp_path}"]
+    assert pipeline.main(argv) == 0, capfd.readouterr().err[-3000:]
+    captured = capfd.readouterr()
+    document = captured.out[captured.out.index("[\n") :]  # in-process, the SDK's config log lines come first
+    return json.loads(document), captured.err
+
+
+# every request that creates something running the image (or the user's data) and carries isolation
+ISOLATED = {
+    "CreateHyperParameterTuningJob": lambda r: r["TrainingJobDefinition"].get("EnableNetworkIsolation"),
+    "CreateTrainingJob": lambda r: r.get("EnableNetworkIsolation"),
+    "CreateModel": lambda r: r.get("EnableNetworkIsolation"),
+}
+
+
+@pytest.mark.parametrize("isolation", ["true", "false"])
+def test_isolation_stays_where_the_user_put_it_and_only_the_serverless_model_goes_without(aws, tmp_path, capfd, isolation):
+    calls, err = _command_line_dry_run(tmp_path, capfd, "--network-isolation", isolation)
+    _checked(calls)
+    seen = {}
+    for call in calls:
+        if call["operation"] in ISOLATED:
+            name = (
+                call["request"].get("ModelName") or call["request"].get("TrainingJobName") or call["request"]["HyperParameterTuningJobName"]
+            )
+            seen[name] = bool(ISOLATED[call["operation"]](call["request"]))
+    serverless = [name for name in seen if name.startswith("ic-serverless-")]
+    others = {name: value for name, value in seen.items() if name not in serverless}
+    assert len(serverless) == 1 and seen[serverless[0]] is False
+    assert {n.split("-")[1] for n in others} >= {"tune", "final", "model"}, sorted(others)  # the jobs and the real-time model
+    assert others == dict.fromkeys(others, isolation == "true"), others  # each keeps the configured value
+    assert f"event=network_isolation model={serverless[0]} isolated=false reason=serverless_endpoints_refuse_it" in err

@@ -220,7 +220,7 @@ def test_real_time_autoscaling_is_registered_then_removed_with_the_endpoint(gate
 
 def test_serverless_endpoint_is_created_and_queried(aws, tmp_path, sample, capsys):
     aws.queue_endpoint_results([json.dumps(ANSWER)])
-    ctx = _context(tmp_path, "sls", sample=sample, network_isolation=False, serverless={"memory_mb": 2048, "max_concurrency": 3})
+    ctx = _context(tmp_path, "sls", sample=sample, serverless={"memory_mb": 2048, "max_concurrency": 3})
     pipeline.run(["serverless"], ctx)
     config = aws.sent("CreateEndpointConfig")[-1]
     (variant,) = config["ProductionVariants"]
@@ -238,7 +238,7 @@ def test_serverless_endpoint_is_created_and_queried(aws, tmp_path, sample, capsy
 @pytest.mark.parametrize(
     ("overrides", "refused"),
     [
-        ({}, "network_isolation: serverless endpoints cannot be network-isolated"),
+        ({}, None),  # network isolation on: the serverless model alone goes without (deploy.sdk.model)
         ({"network_isolation": False}, None),
         ({"network_isolation": False, "serverless": {"memory_mb": 8192}}, "serverless.memory_mb: 8192"),
         ({"network_isolation": False, "serverless": {"memory_mb": 1536}}, "serverless.memory_mb: 1536"),

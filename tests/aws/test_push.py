@@ -92,6 +92,9 @@ def test_push_creates_repository_logs_in_and_pushes(aws, engine, registry, small
     assert f"pushing {registry}/image-classifier:t1" in result.stderr
     # what the pipeline is given: the digest the registry holds for the push, never the tag
     assert f"pushed {registry}/image-classifier@{_manifest_digest(registry, 't1')}" in result.stderr
+    # read back by that digest: the image as pushed here is a Docker v2 manifest, which SageMaker pulls
+    assert f"event=manifest_ok image={registry}/image-classifier@{_manifest_digest(registry, 't1')}" in result.stderr
+    assert "media_type=application/vnd.docker.distribution.manifest.v2+json" in result.stderr
 
     with urllib.request.urlopen(f"http://{registry}/v2/image-classifier/tags/list", timeout=10) as response:
         assert json.loads(response.read())["tags"] == ["t1"]

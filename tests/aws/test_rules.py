@@ -125,7 +125,9 @@ def _tuning(strategy, early="Off", ranges=None, limit=4):
             "ResourceLimits": {"MaxParallelTrainingJobs": 2, **({"MaxNumberOfTrainingJobs": limit} if limit else {})},
             "ParameterRanges": ranges or {"CategoricalParameterRanges": [{"Name": "b", "Values": ["1", "2"]}]},
         },
-        "TrainingJobDefinition": {"ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}},
+        "TrainingJobDefinition": {
+            "HyperParameterTuningResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
+        },
     }
 
 

@@ -19,7 +19,7 @@ from tests.aws.conftest import BUCKET, REGION, ROLE, SDK_CHATTER
 from tests.helpers import REPO_ROOT, VENV_BIN
 
 EQUALS_FORM = [f"--region={REGION}", f"--role-arn={ROLE}", f"--bucket={BUCKET}"]
-PRE_FLIGHT_READS = {"GetCallerIdentity", "GetBucketLocation", "GetRole", "ListServiceQuotas"}
+PRE_FLIGHT_READS = {"GetCallerIdentity", "GetBucketLocation", "GetRole", "SimulatePrincipalPolicy", "ListServiceQuotas"}
 
 
 def _script(*args: str, tmp_path, **env_extra: str) -> subprocess.CompletedProcess:
@@ -97,7 +97,7 @@ def test_the_build_asks_docker_for_the_platform(aws, tmp_path):
     """The real docker client, no engine: it accepts the flags, then fails to connect; nothing reaches AWS."""
     engine_less = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "DOCKER_BUILDKIT": "0"}
     default = _script(*EQUALS_FORM, tmp_path=tmp_path, **engine_less)
-    assert "building image-classifier:local for linux/amd64" in default.stderr
+    assert "building image-classifier:local for linux/amd64 (docker build)" in default.stderr  # the classic builder: Docker v2
     asked = _script("--dry-run", "--build", "--platform=linux/arm64", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
     assert "building image-classifier:local for linux/arm64" in asked.stderr
     for result in (default, asked):
@@ -106,6 +106,23 @@ def test_the_build_asks_docker_for_the_platform(aws, tmp_path):
     # before building, only the pre-flight's reads reached AWS (a dry run sends nothing at all)
     assert "check=docker status=warning detail='the Docker daemon does not answer" in default.stderr + default.stdout
     assert {_operation(r) for r in aws.requests()} == PRE_FLIGHT_READS
+
+
+@pytest.mark.skipif(
+    shutil.which("docker") is None, reason="the docker client (no engine needed) is installed by local/system_deps.sh --test"
+)
+def test_a_gpu_transform_builds_with_the_compatibility_libraries_and_other_runs_without(aws, tmp_path):
+    engine_less = {"DOCKER_HOST": "unix:///nonexistent/docker.sock", "DOCKER_BUILDKIT": "0"}
+    gpu = _script("--dry-run", "--build", "--transform-instance-type=ml.g4dn.xlarge", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
+    assert "is a GPU; SageMaker's batch transform hosts run driver 470 or 535" not in gpu.stderr  # not refused: this build carries them
+    assert (
+        "GPU batch transform: building with NVIDIA's CUDA forward-compatibility libraries "
+        "(CUDA_COMPAT_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04)" in gpu.stderr
+    ), gpu.stderr[-2000:]
+    cpu = _script("--dry-run", "--build", *EQUALS_FORM, tmp_path=tmp_path, **engine_less)
+    assert "building image-classifier:local for linux/amd64" in cpu.stderr and "CUDA_COMPAT_IMAGE" not in cpu.stderr
+    for result in (gpu, cpu):
+        assert result.returncode != 0 and "Cannot connect to the Docker daemon" in result.stderr, result.stderr[-2000:]
 
 
 def _operation(request: dict) -> str:

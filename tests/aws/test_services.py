@@ -1,7 +1,8 @@
 """Debugger, Profiler and Clarify on an account that is refused them: auto carries on, on fails, off never asks.
 
-The refusal a closed service returns cannot be observed from here; tests/aws/gate.py answers
-with AWS's error shape and a message of the kind deploy.services matches (the documented guess).
+The refusal a closed service returns cannot be observed from here, so deploy.services judges the
+kind of error, never its text: tests/aws/gate.py answers with AWS's error shape and several codes
+and messages, some of which must lead to the retry without the services and some never.
 """
 
 from __future__ import annotations
@@ -55,25 +56,26 @@ def _debugger_refused(gate: Gate) -> None:
     gate.refuse("CreateTrainingJob", lambda body: "DebugHookConfig" in body, "ValidationException", DEBUGGER_CLOSED)
 
 
-def test_auto_trains_without_a_refused_debugger_and_says_so(gate, tmp_path, capsys):
+def test_auto_trains_without_the_refused_services_and_says_so(gate, tmp_path, capsys):
+    """The text is not read: every ``auto`` part of the refused request goes (both here); ``on`` keeps one (below)."""
     _debugger_refused(gate)
     ctx = pipeline.run(["train"], _context(tmp_path))
     first, second = gate.calls("CreateTrainingJob")
     assert "DebugRuleConfigurations" in first and "DebugHookConfig" not in second and "DebugRuleConfigurations" not in second
-    assert second["ProfilerConfig"]["S3OutputPath"].endswith("/final/profiler")  # the profiler was not refused: kept
+    assert "ProfilerRuleConfigurations" in first and "ProfilerRuleConfigurations" not in second
     assert first["TrainingJobName"] == second["TrainingJobName"] == "ic-final-closed-1"  # refused: the name was never taken
     out = capsys.readouterr().out
     assert "event=service_unavailable service=debugger mode=auto action=continue_without error=ValidationException" in out
     (summary,) = [line for line in out.splitlines() if line.startswith("event=summary")]
-    assert "debugger=refused" in summary and "profiler=on" in summary
-    assert ctx.state.services == {"debugger": "refused", "profiler": "on"}
+    assert "debugger=refused" in summary and "profiler=refused" in summary
+    assert ctx.state.services == {"debugger": "refused", "profiler": "refused"}
 
 
 def test_on_fails_with_the_services_message(gate, tmp_path):
     _debugger_refused(gate)
     with pytest.raises(ClientError, match="no longer available to new customers"):
-        pipeline.run(["train"], _context(tmp_path, debugger="on"))
-    assert len(gate.calls("CreateTrainingJob")) == 1
+        pipeline.run(["train"], _context(tmp_path, debugger="on", profiler="off"))
+    assert len(gate.calls("CreateTrainingJob")) == 1  # nothing auto to leave out: no retry
 
 
 def test_off_never_asks(gate, tmp_path):
@@ -114,18 +116,78 @@ def test_clarify_on_fails_and_off_never_asks(gate, tmp_path):
     assert len(gate.calls("CreateProcessingJob")) == 1
 
 
+REFUSED_AT_CREATION = [
+    ("AccessDeniedException", "User is not authorized to perform: sagemaker:CreateTrainingJob with DebugHookConfig"),
+    ("OptInRequired", "The AWS Access Key Id needs a subscription for the service"),
+]  # ValidationException: test_auto_trains_without_the_refused_services_and_says_so; more codes: test_what_counts_as_...
+NEVER_RETRIED = [
+    ("ThrottlingException", "Rate exceeded", 400),
+    ("ResourceLimitExceeded", "The account-level service limit 'ml.g5.xlarge for training job usage' is 0 Instances", 400),
+    ("ServiceUnavailable", "Debugger is no longer available to new customers", 503),  # a closed-sounding text: still no retry
+]
+
+
+@pytest.mark.parametrize(("code", "message"), REFUSED_AT_CREATION)
+def test_a_refusal_at_creation_is_retried_once_without_the_auto_services_with_awss_message(gate, tmp_path, capsys, code, message):
+    gate.refuse("CreateTrainingJob", lambda body: "DebugHookConfig" in body or "ProfilerRuleConfigurations" in body, code, message)
+    ctx = pipeline.run(["train"], _context(tmp_path, profiler="auto"))
+    first, second = gate.calls("CreateTrainingJob")
+    assert "DebugHookConfig" in first and "ProfilerRuleConfigurations" in first
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"} & set(second)
+    assert second.get("ProfilerConfig", {}).get("DisableProfiler") in (True, None)
+    out = capsys.readouterr().out
+    for name in ("debugger", "profiler"):
+        assert f"event=service_unavailable service={name} mode=auto action=continue_without error={code} message={message!r}" in out
+    assert ctx.state.services == {"debugger": "refused", "profiler": "refused"}
+
+
+@pytest.mark.parametrize(("code", "message", "status"), NEVER_RETRIED)
+def test_throttling_quotas_and_server_errors_are_never_retried_without_the_services(gate, tmp_path, code, message, status):
+    gate.refuse("CreateTrainingJob", lambda body: True, code, message, status=status)
+    with pytest.raises(ClientError) as raised:
+        pipeline.run(["train"], _context(tmp_path))
+    assert raised.value.response["Error"]["Code"] == code
+    assert len(gate.calls("CreateTrainingJob")) == 1
+
+
+def test_a_refused_retry_is_the_users_error_with_awss_message(gate, tmp_path, capsys):
+    gate.refuse("CreateTrainingJob", lambda body: "DebugHookConfig" in body, "ValidationException", DEBUGGER_CLOSED)
+    gate.refuse("CreateTrainingJob", lambda body: "DebugHookConfig" not in body, "AccessDeniedException", "not authorized: iam:PassRole")
+    with pytest.raises(ClientError, match="iam:PassRole"):
+        pipeline.run(["train"], _context(tmp_path))
+    assert len(gate.calls("CreateTrainingJob")) == 2
+    out = capsys.readouterr().out
+    assert "event=service_retry_refused without=debugger,profiler error=AccessDeniedException message='not authorized: iam:PassRole'" in out
+
+
+def test_an_on_service_is_kept_in_the_retry_and_only_auto_ones_are_dropped(gate, tmp_path):
+    gate.refuse("CreateTrainingJob", lambda body: "ProfilerRuleConfigurations" in body, "ValidationException", "Profiler rules closed")
+    ctx = pipeline.run(["train"], _context(tmp_path, debugger="on"))
+    _, second = gate.calls("CreateTrainingJob")
+    assert "DebugHookConfig" in second and "ProfilerRuleConfigurations" not in second
+    assert ctx.state.services == {"debugger": "on", "profiler": "refused"}
+
+
 @pytest.mark.parametrize(
-    ("code", "message", "named"),
+    ("code", "status", "retried"),
     [
-        ("ValidationException", DEBUGGER_CLOSED, {"debugger"}),
-        ("AccessDeniedException", "Profiler is not supported for this account", {"profiler"}),
-        ("OptInRequired", "The account must opt in before using this feature", set()),
-        ("ValidationException", "RuleConfigurationName must be unique", None),  # a bug of ours, not a closed service
-        ("ThrottlingException", "Debugger is not available, try later", None),
-        ("ResourceLimitExceeded", "The account-level service limit 'ml.g5.xlarge for training job usage' is 0", None),
+        ("ValidationException", 400, True),
+        ("AccessDeniedException", 400, True),
+        ("AccessDenied", 403, True),
+        ("OptInRequired", 403, True),
+        ("SubscriptionRequiredException", 400, True),
+        ("UnsupportedOperation", 400, True),
+        ("ThrottlingException", 400, False),
+        ("ResourceLimitExceeded", 400, False),
+        ("ServiceQuotaExceededException", 402, False),
+        ("InternalFailure", 500, False),
+        ("UnsupportedOperationException", 400, True),
+        ("ValidationException", 503, False),  # a 5xx is the service failing, whatever its code
+        ("ResourceInUse", 400, False),
     ],
 )
-def test_what_counts_as_a_closed_service(code, message, named):
-    error = ClientError({"Error": {"Code": code, "Message": message}}, "CreateTrainingJob")
-    result = services.refused(error)
-    assert (set(result) if result is not None else None) == named
+def test_what_counts_as_a_refusal_at_creation(code, status, retried):
+    error = ClientError(
+        {"Error": {"Code": code, "Message": "any text"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "CreateTrainingJob"
+    )
+    assert services.refused_at_creation(error) is retried

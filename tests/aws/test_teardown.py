@@ -1,8 +1,8 @@
 """Nothing left billing: failures, Ctrl-C, SIGTERM, the end of a run, and cleanup.
 
 The emulator finishes every job and endpoint at once; tests/aws/gate.py holds them in progress
-(the status AWS shows while the work runs) in front of it. The signal tests send a real SIGINT or
-SIGTERM to a real ``python -m deploy.pipeline`` while it waits on such a resource, then read
+(the status AWS shows while the work runs) in front of it. The signal tests send a real SIGINT,
+SIGTERM or SIGHUP to a real ``python -m deploy.pipeline`` while it waits on such a resource, then read
 what is left from the emulator itself.
 """
 
@@ -111,6 +111,21 @@ def test_sigterm_while_the_endpoint_is_created_waits_until_it_can_be_deleted(gat
     assert len(gate.calls("DeleteEndpoint")) >= 2  # refused while Creating, then accepted
     assert _left("sigterm") == {"Endpoints": [], "EndpointConfigs": [], "Models": []}
     assert "event=teardown_done reason=interrupted stopped=0 deleted=3" in out
+
+
+def test_sighup_a_closed_terminal_while_a_transform_job_runs_stops_it_and_deletes_its_model(gate, tmp_path):
+    """SIGHUP: what a terminal closed under the run sends; the same teardown as Ctrl-C, exit 129."""
+    _seed_run(tmp_path / "runs", "sighup")
+    gate.hold("transform-job", r"^ic-transform-sighup-", "InProgress")
+    process = _start(gate, tmp_path, "transform", "--run-id", "sighup", "--yes")
+    _when_waiting(gate, process, "DescribeTransformJob", "TransformJobName", "ic-transform-sighup-1")
+    process.send_signal(signal.SIGHUP)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 129, err[-3000:]
+    assert gate.calls("StopTransformJob") == [{"TransformJobName": "ic-transform-sighup-1"}]
+    assert _left("sighup")["Models"] == []
+    assert "event=interrupted signal=SIGHUP" in err
+    assert "event=teardown_done reason=interrupted stopped=1" in out
 
 
 def _context(tmp_path, run_id: str, **options):
