@@ -51,6 +51,7 @@ def placeholders(cfg: DeployConfig, account: str, caller_arn: str) -> dict[str, 
         "<PREFIX>": cfg.prefix,
         "<REPOSITORY>": cfg.repository,
         "<ROLE_NAME>": cfg.role_arn.rsplit("/", 1)[-1],
+        "<GROUP>": cfg.model_registry.group,
         "${aws:username}": caller_arn.rsplit("/", 1)[-1],
     }
 

@@ -22,7 +22,7 @@ from tests.aws.conftest import BUCKET, REGION, ROLE
 USER = iam_calls.IAM / "user-policy.json"
 ROLE_POLICY = iam_calls.IAM / "execution-role-policy.json"
 TRUST = iam_calls.IAM / "execution-role-trust.json"
-PLACEHOLDERS = {"<REGION>", "<ACCOUNT_ID>", "<BUCKET>", "<PREFIX>", "<REPOSITORY>", "<ROLE_NAME>"}
+PLACEHOLDERS = {"<REGION>", "<ACCOUNT_ID>", "<BUCKET>", "<PREFIX>", "<REPOSITORY>", "<ROLE_NAME>", "<GROUP>"}
 # granted to the user without a call of ours: each with its reason
 ALLOWED_WITHOUT_A_CALL = {
     "iam:PassRole": "every create request hands the execution role to SageMaker (only to sagemaker.amazonaws.com)",
@@ -119,7 +119,11 @@ def test_the_policies_are_least_privilege_and_name_only_known_placeholders(path)
         if {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"} & set(actions):
             assert all("<BUCKET>/<PREFIX>/" in r for r in ([resources] if isinstance(resources, str) else resources)), statement
         if any(a.startswith(("sagemaker:Create", "sagemaker:Delete", "sagemaker:Stop")) for a in actions):
-            assert all(r.endswith(("/ic-*", "/sm-clarify-*")) for r in resources), statement
+            owned = statement.get("Condition", {}).get("StringEquals", {})  # promote/retire: the registry's endpoints only
+            registry = ("model-package-group/<GROUP>", "model-package/<GROUP>/*")
+            assert all(r.endswith(("/ic-*", "/sm-clarify-*", *registry)) for r in resources) or any(
+                v == "model-registry:<GROUP>" for v in owned.values()
+            ), statement
 
 
 def _cfg(tmp_path):
