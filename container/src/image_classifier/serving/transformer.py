@@ -67,7 +67,7 @@ class BatchTransformer:
     def validate_and_initialize(self, model_dir: str | None = None, context=None) -> None:
         if self.model is None:
             threads = int(os.environ.get(params.THREADS_ENV, "0")) or None
-            self.model = LoadedModel(Path(model_dir or "."), threads)
+            self.model = LoadedModel(Path(model_dir or "."), threads, defer_graph=True)  # the worker answers while its graph builds
             explanation = explain_option({}, os.environ.get(params.EXPLAIN_ENV))
             self.default_explain = explanation.method if explanation else None
             self.max_pixels = max_image_pixels(max_payload_mb(os.environ))
