@@ -153,6 +153,10 @@ class Front:
         return json_error(503, "model not loaded" if not self.config.multi_model else "model server not ready")
 
     async def _healthy(self) -> bool:
+        """MMS's answer, cached for 0.5 s; before the single model has loaded, no (nothing cached, so the
+        first ping after the load says yes: a cached no held every start back by up to 0.5 s)."""
+        if not self.config.multi_model and not self.loaded_ok:
+            return False
         checked_at, cached = self._ping_cache
         if time.monotonic() - checked_at < 0.5:
             return cached
@@ -161,8 +165,6 @@ class Front:
             if self.config.multi_model:
                 async with self.session.get(self.mms("/ping")) as response:
                     healthy = response.status == 200
-            elif not self.loaded_ok:
-                healthy = False
             else:
                 async with self.session.get(self.mms(f"/models/{params.SINGLE_MODEL_NAME}", management=True)) as response:
                     healthy = response.status == 200 and describe_ready(await response.json(content_type=None))
