@@ -6,15 +6,15 @@ same model (noise: the two are within a few per cent there). What decides the an
 machine and the size of the model, both known before any forward pass:
 
 - precision. A CPU with bf16 units (``avx512_bf16`` or AMX in /proc/cpuinfo): bf16 for models of at
-  least ``MIN_GFLOP_FOR_BF16`` per image (ResNet-50: 1.8x the throughput of fp32 on this AMD EPYC,
+  least ``MIN_GFLOP_FOR_BF16`` per image (ResNet-50: 2x the throughput of fp32 on the project's AMD EPYC,
   ``local/bench/results/graphs.md``); without them bf16 is emulated and slower: fp32. Below the size
   a forward pass is a few ms of a request and fp32 keeps the answers exact. A GPU: fp32, because
   cuDNN runs its convolutions in TF32 (torch's default) and bf16 measured within noise of fp32 on an
   H200 at batch 1 and 16 (docs/performance.md); a GPU before Ampere has no bf16 at all.
   A bf16 choice is confirmed on a probe (cosine of its logits against fp32's, ``fast_paths.agrees``).
-- graph. Frozen TorchScript wherever ``torch.jit`` can trace and freeze: 1.1-1.25x eager on this CPU
-  at batch 16, 2-3x eager on an H200. ``torch.export``'s program ran no faster than eager on the H200
-  (docs/performance.md), so without TorchScript the model is served eager.
+- graph. Frozen TorchScript wherever ``torch.jit`` can trace and freeze: 1.1-1.25x eager on the AMD
+  EPYC at batch 16, 2-3x eager on an H200. ``torch.export``'s program ran no faster than eager on the
+  H200 and slower on the CPU (docs/performance.md), so without TorchScript the model is served eager.
 
 ``IMAGE_CLASSIFIER_PRECISION`` / ``IMAGE_CLASSIFIER_GRAPH`` = ``measure`` time the candidates instead
 (the previous behaviour, ``fast_paths.measure``); a named mode forces it.
