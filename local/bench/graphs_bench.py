@@ -11,6 +11,10 @@ buy. For each model, device and precision (fp32, bf16): batch 1 latency (p50) an
 throughput, medians of interleaved runs; beside them, what each costs at start (``start_s``: trace +
 freeze, load of the saved program, or compile, both shapes run once) and, for export, the one-off
 export + save (``export_s``, paid at training time, not at start).
+
+The serving rule (``serving/fast_path_rule.py``) is checked in the same run: for each model, the
+variant the rule picks on this machine beside the measured best of the compiler-free variants
+(``rule / best`` ratios: 1.0 when the rule picked the best).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 import torch
 
 from image_classifier.modeling.factory import build_architecture
+from image_classifier.serving.fast_path_rule import decide, read_facts
+from image_classifier.serving.fast_paths import gflop_per_image
 from local.bench.report import interleaved, medians, require_quiet, write_result
 
 BATCH = 16
@@ -112,6 +118,19 @@ def measure(forward: Callable[[torch.Tensor], torch.Tensor], precision: str, dev
     return {"b1_p50_ms": 1000 * statistics.median(singles), "b16_images_per_s": repeats * BATCH / (time.perf_counter() - started)}
 
 
+def rule_against_best(name: str, device: torch.device, size: int, middle: dict[str, dict[str, float]]) -> tuple[str, dict[str, str]]:
+    """The variant the serving rule picks for ``name`` here, and the measured best (compiler-free) per metric."""
+    model = _model(name, device, torch.float32)
+    single, _ = _inputs(device, torch.float32, size)
+    decision = decide(read_facts(device.type), gflop_per_image(model, single))
+    candidates = {v: m for v, m in middle.items() if v.startswith(f"{name} ") and not v.endswith("inductor")}
+    best = {}
+    if candidates:
+        best["b16_images_per_s"] = max(candidates, key=lambda v: candidates[v]["b16_images_per_s"])
+        best["b1_p50_ms"] = min(candidates, key=lambda v: candidates[v]["b1_p50_ms"])
+    return f"{name} {decision.precision} {decision.graph}", best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -159,6 +178,13 @@ def main() -> None:
             )
         if precision == "bf16" and f"{name} fp32 {kind}" in middle:
             ratios[f"{name} b1 latency, fp32 {kind} / bf16 {kind}"] = (f"{name} fp32 {kind}", variant, "b1_p50_ms")
+    rule_notes = {}
+    for name in args.models.split(","):
+        chosen, best = rule_against_best(name, device, args.size, middle)
+        rule_notes[f"rule on {name}"] = f"{chosen}; measured best: {best}"
+        for metric, label in (("b16_images_per_s", "b16 throughput"), ("b1_p50_ms", "b1 latency")):
+            if chosen in middle and best.get(metric) in middle:
+                ratios[f"{name} {label}, rule's choice / measured best"] = (chosen, best[metric], metric)
     for variant, values in runs.items():  # the start costs beside the timings, in every run's row
         for row in values:
             row["start_s"] = start_s[variant]
@@ -173,6 +199,7 @@ def main() -> None:
             "start_s": "trace + freeze / load of the saved program / compile, then one call of each shape",
             "export_s": "torch.export with a dynamic batch + save, once (training time), not paid at start",
             "compiler": compiler or "none: Inductor not measured",
+            **rule_notes,
         },
     )
     print({k: round(v, 2) for k, v in document["ratios"].items()})

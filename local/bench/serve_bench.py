@@ -260,12 +260,12 @@ class Server:
         raise RuntimeError(f"{self.log_path.name}: no 200 within {timeout:.0f}s\n{self.log_path.read_text()[-3000:]}")
 
     def chosen_precision(self) -> str:
-        """What ``serve`` chose at load (``event=serve_precision chosen=...``); fp32 for the naive server."""
-        found = re.search(r"event=serve_precision chosen=(\w+) graph=(\w+)", self.log_path.read_text())
+        """What ``serve`` chose at load (``event=fast_path ... chosen=...``); fp32 for the naive server."""
+        found = re.search(r"event=fast_path decided_by=\w+ chosen=(\w+) graph=(\w+)", self.log_path.read_text())
         return found.group(1) if found else "fp32"
 
     def chosen_graph(self) -> str:
-        found = re.search(r"event=serve_precision chosen=(\w+) graph=(\w+)", self.log_path.read_text())
+        found = re.search(r"event=fast_path decided_by=\w+ chosen=(\w+) graph=(\w+)", self.log_path.read_text())
         return found.group(2) if found else "eager"
 
     def stop(self) -> None:
@@ -378,7 +378,7 @@ def serve_facts(work: Path) -> dict[str, Any]:
     logs = sorted(work.glob("serve-*.log"), key=lambda p: int(p.stem.split("-")[1]))
     text = logs[-1].read_text() if logs else ""
     facts: dict[str, Any] = {}
-    for event in ("serve_precision", "serve_graph", "model_loaded", "ready"):
+    for event in ("fast_path", "serve_graph_failed", "model_loaded", "ready"):
         match = re.search(rf"event={event} (.*)", text)
         if match:
             facts[event] = match.group(1).strip()

@@ -97,3 +97,21 @@ def test_with_one_envelope_in_flight_requests_wait_in_the_front_and_leave_as_one
     capped, uncapped = asyncio.run(scenario(1)), asyncio.run(scenario(0))
     assert capped.sizes == [1, 5] and capped.most_in_flight == 1  # waited in the front, then left together
     assert uncapped.sizes == [1, 1, 1, 1, 1, 1] and uncapped.most_in_flight == 6  # each went on its own
+
+
+def test_an_envelope_answer_splits_into_one_answer_per_request_and_a_failure_applies_to_all():
+    from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, pack, split
+
+    envelope = pack(
+        [
+            ({"status": 200, "content_type": "application/json", "timing": {"worker": 3.0}}, b"a"),
+            ({"status": 400, "content_type": "application/json"}, b"b"),
+        ]
+    )
+    parts = split(Answer(200, ENVELOPE_TYPE, envelope, round_trip_ms=7.0))
+    assert [(p.status, p.body, p.worker_timing, p.round_trip_ms) for p in parts] == [
+        (200, b"a", {"worker": 3.0}, 7.0),
+        (400, b"b", {}, 7.0),
+    ]
+    failed = Answer(503, "application/json", b'{"error": "no worker"}')
+    assert split(failed) == [failed]

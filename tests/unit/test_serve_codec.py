@@ -87,6 +87,25 @@ def test_response_options_refuse_with_a_status(accept, attributes, status, reaso
     assert got == status and reason in message
 
 
+@pytest.mark.parametrize(
+    ("accept", "attributes", "default_explain"),
+    [
+        (None, None, None),
+        ("application/jsonlines", "top_k=99,probabilities=true", None),
+        (None, "explain=saliency,explain_class=chat \u00e9 \u732b, top_k=2", None),
+        (None, "explain_class=3", "gradcam"),  # the endpoint's default method, this request's target
+        (None, "explain=off", "gradcam"),
+    ],
+)
+def test_options_parsed_in_the_front_reach_the_worker_unchanged(accept, attributes, default_explain):
+    """The front parses once and sends ``OPTIONS_HEADER``; the worker reads back the same object (ASCII on the wire)."""
+    options = response_options(accept, attributes, default_explain=default_explain)
+    wired = options.to_header()
+    assert wired.isascii()
+    assert ResponseOptions.from_header(wired) == options
+    assert ResponseOptions.from_header(wired).limited_to(3) == response_options(accept, attributes, 3, default_explain)
+
+
 def test_decode_image_gives_upright_rgb():
     image = decode_image(_image("PNG", (40, 30), "LA"))
     assert image.mode == "RGB" and image.size == (40, 30)

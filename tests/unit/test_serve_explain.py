@@ -23,6 +23,7 @@ from image_classifier.serving import fast_paths
 from image_classifier.serving.codec import (
     JSONLINES_TYPE,
     OVERLAY_OMITTED,
+    Explanation,
     RequestError,
     ResponseOptions,
     encode_predictions,
@@ -64,18 +65,18 @@ def vit():
 
 # --- the attribute --------------------------------------------------------------------------
 def test_explain_attribute_parsing():
-    assert explain_option({}) == (None, None)
-    assert explain_option({"explain": "GradCAM"}) == ("gradcam", None)
-    assert explain_option({"explain": "saliency", "explain_class": "dog"}) == ("saliency", "dog")
-    assert explain_option({}, default="integrated_gradients") == ("integrated_gradients", None)  # IMAGE_CLASSIFIER_EXPLAIN
-    assert explain_option({"explain": "off"}, default="gradcam") == (None, None)  # a request may turn it off
+    assert explain_option({}) is None
+    assert explain_option({"explain": "GradCAM"}) == Explanation("gradcam")
+    assert explain_option({"explain": "saliency", "explain_class": "dog"}) == Explanation(method="saliency", target="dog")
+    assert explain_option({}, default="integrated_gradients") == Explanation("integrated_gradients")  # IMAGE_CLASSIFIER_EXPLAIN
+    assert explain_option({"explain": "off"}, default="gradcam") is None  # a request may turn it off
     status, message = _status(lambda: explain_option({"explain": "shap"}))
     assert status == 400 and "shap" in message and "gradcam" in message
     status, message = _status(lambda: explain_option({"explain_class": "dog"}))
     assert status == 400 and "explain=<method>" in message
     options = response_options(None, "top_k=2,explain=auto,explain_class=1", 3)
-    assert (options.top_k, options.explain, options.explain_class) == (2, "auto", "1")
-    assert response_options(None, "top_k=2", 3).explain is None
+    assert (options.top_k, options.explanation) == (2, Explanation(method="auto", target="1"))
+    assert response_options(None, "top_k=2", 3).explanation is None
 
 
 def test_explain_environment_is_checked_at_start():
@@ -162,7 +163,7 @@ def _explained(index: int, overlay: str = "iVBORw0KGgo=") -> dict:
 
 
 def test_explanation_in_the_answer():
-    options = ResponseOptions("application/json", 2, False, "gradcam", "fox")
+    options = ResponseOptions("application/json", 2, False, Explanation("gradcam", "fox"))
     body, _ = encode_predictions([[0.7, 0.2, 0.1]], ["cat", "dog", "fox"], options, [_explained(2)])
     explanation = json.loads(body)["predictions"][0]["explanation"]
     assert explanation == {
@@ -184,7 +185,9 @@ def test_explanation_in_the_answer():
 def test_overlays_past_the_response_limit_are_left_out_not_the_predictions():
     big = "A" * (params.MAX_RESPONSE_BYTES // 3)  # three fit with nothing else; two fit with the rest of the answer
     rows = [[0.6, 0.4]] * 5
-    body, _ = encode_predictions(rows, ["a", "b"], ResponseOptions("application/json", 2, False, "gradcam"), [_explained(0, big)] * 5)
+    body, _ = encode_predictions(
+        rows, ["a", "b"], ResponseOptions("application/json", 2, False, Explanation("gradcam")), [_explained(0, big)] * 5
+    )
     assert len(body) <= params.MAX_RESPONSE_BYTES
     predictions = json.loads(body)["predictions"]
     assert len(predictions) == 5 and all(p["label"] == "a" and p["explanation"]["grid"] for p in predictions)

@@ -14,7 +14,8 @@ from image_classifier import params
 from image_classifier.errors import UserError
 from image_classifier.model_card import write_artifact
 from image_classifier.modeling.factory import build_architecture, data_config_for
-from image_classifier.serving import fast_paths
+from image_classifier.serving import fast_path_rule, fast_paths
+from image_classifier.serving.fast_path_rule import Decision, Facts
 from image_classifier.serving.model import LoadedModel
 
 
@@ -48,6 +49,91 @@ def tiny_artifact(tmp_path_factory):
     return folder
 
 
+def _facts(device: str = "cpu", bf16_units: bool = False, torchscript: bool = True) -> Facts:
+    return Facts(device, bf16_units, "test", torchscript, torch.__version__)
+
+
+def _big_model() -> nn.Module:
+    """Above ``MIN_GFLOP_FOR_BF16`` at 64 px (1.26 GFLOP), small enough to build in a test."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    ("facts", "gflop", "expected"),
+    [
+        (_facts(bf16_units=True), 8.2, Decision("bf16", "frozen", "bf16_units")),  # ResNet-50 on avx512_bf16/AMX
+        (_facts(bf16_units=True), 0.07, Decision("fp32", "frozen", "small_model")),
+        (_facts(bf16_units=False), 8.2, Decision("fp32", "frozen", "no_bf16_units")),  # bf16 would be emulated
+        (_facts("cuda", bf16_units=True), 8.2, Decision("fp32", "frozen", "gpu_tf32")),  # bf16 ≈ fp32 under TF32 (H200)
+        (_facts("cuda", bf16_units=False), 8.2, Decision("fp32", "frozen", "no_bf16_units")),  # before Ampere
+        (_facts(bf16_units=True, torchscript=False), 8.2, Decision("bf16", "eager", "bf16_units")),  # export ≈ eager
+    ],
+)
+def test_the_rule(facts, gflop, expected):
+    assert fast_path_rule.decide(facts, gflop) == expected
+
+
+def test_cpu_flags_come_from_proc_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert "avx512_bf16" in fast_path_rule.cpu_flags(cpuinfo) and "amx_bf16" not in fast_path_rule.cpu_flags(cpuinfo)
+    assert fast_path_rule.cpu_flags(tmp_path / "absent") == frozenset()
+    assert fast_path_rule.read_facts("cpu").device == "cpu"
+
+
+def test_the_flops_counted_on_the_meta_device_are_the_real_ones():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, example = _big_model(), _batch(1, 64)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(example)
+    assert fast_paths.gflop_per_image(model, _batch(3, 64)) == pytest.approx(counter.get_total_flops() / 1e9)
+    assert next(model.parameters()).device.type == "cpu"  # the model is untouched
+
+
+def test_the_rule_decides_without_timing_anything_and_says_so(caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+
+    def no_timing(*_args, **_kwargs):
+        raise AssertionError("the rule timed a candidate")
+
+    monkeypatch.setattr(fast_paths, "_call_ms", no_timing)
+    monkeypatch.setattr(fast_paths, "read_facts", lambda device: _facts(bf16_units=True))
+    runner = fast_paths.choose(_big_model(), _batch(1, 64), _batch(2, 64))
+    assert (runner.precision, runner.graph) == ("bf16", "frozen")
+    line = next(r.getMessage() for r in caplog.records if "event=fast_path" in r.getMessage())
+    for key in (
+        "decided_by=rule",
+        "chosen=bf16",
+        "graph=frozen",
+        "reason=bf16_units",
+        "gflop_per_image=1.26",
+        "bf16_units=true",
+        "seconds=",
+    ):
+        assert key in line, line
+
+
+def test_a_bf16_choice_the_probe_refutes_is_served_fp32(caplog, monkeypatch):
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(fast_paths, "read_facts", lambda device: _facts(bf16_units=True))
+    monkeypatch.setattr(fast_paths, "MIN_COSINE", 1.01)  # no bf16 answer is ever close enough
+    runner = fast_paths.choose(_big_model(), _batch(1, 64), _batch(2, 64))
+    assert runner.precision == "fp32" and "decided_by=rule chosen=fp32 graph=frozen reason=bf16_accuracy_risk" in caplog.text
+
+
+def test_forcing_both_is_the_users_decision_and_measure_is_a_choice(caplog):
+    caplog.set_level(logging.INFO)
+    fast_paths.choose(_model(), _batch(1), _batch(2), precision="bf16", graph="eager")
+    assert "decided_by=user chosen=bf16 graph=eager reason=forced" in caplog.text
+    with pytest.raises(UserError, match="auto, measure, eager or frozen"):
+        fast_paths.choose(_model(), _batch(1), _batch(2), graph="compiled")
+
+
 def test_the_frozen_graph_answers_like_eager_for_every_batch_size():
     model = _model()
     frozen = fast_paths.build(model, "fp32", "frozen", _batch(1))
@@ -68,13 +154,13 @@ def test_bf16_stays_close_to_fp32_and_answers_in_fp32(graph):
     assert torch.nn.functional.cosine_similarity(expected, got, dim=1).min() > 0.99
 
 
-def test_auto_times_every_mode_and_logs_the_decision(caplog, monkeypatch):
+def test_measure_times_every_mode_and_logs_the_decision(caplog, monkeypatch):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(fast_paths, "MIN_GFLOP_FOR_BF16", 0.0)
     monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
-    runner = fast_paths.choose(_model(), _batch(1), _batch(4))
-    line = next(r.getMessage() for r in caplog.records if "event=serve_precision" in r.getMessage())
-    for key in ("chosen=", "graph=", "reason=", "fp32_ms=", "bf16_ms=", "fp32_eager_ms=", "fp32_frozen_ms="):
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4), precision="measure")
+    line = next(r.getMessage() for r in caplog.records if "event=fast_path" in r.getMessage())
+    for key in ("decided_by=measure", "chosen=", "graph=", "reason=", "fp32_ms=", "bf16_ms=", "fp32_eager_ms=", "fp32_frozen_ms="):
         assert key in line, line
     winner = "eager" if runner.timings_ms["fp32_eager_ms"] <= runner.timings_ms["fp32_frozen_ms"] else "frozen"
     assert f"bf16_{winner}_ms=" in line, line  # bf16 is timed in the graph that won in fp32
@@ -97,7 +183,7 @@ def test_the_bf16_decision_rules(monkeypatch, caplog, settings, reason, chosen):
     monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
     for name, value in settings.items():
         monkeypatch.setattr(fast_paths, name, value)
-    runner = fast_paths.choose(_model(), _batch(1), _batch(4), graph="eager")
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4), precision="measure", graph="eager")
     assert runner.precision == chosen and f"reason={reason}" in caplog.text
 
 
@@ -105,8 +191,8 @@ def test_small_models_stay_fp32_whatever_the_timing(caplog):
     """Deterministic: every worker and the in-process reference of a small model answer in fp32 alike."""
     caplog.set_level(logging.INFO)
     runner = fast_paths.choose(_model(), _batch(1), _batch(2))
-    assert runner.precision == "fp32"
-    assert "reason=small_model" in caplog.text or "reason=no_bf16_support" in caplog.text
+    assert runner.precision == "fp32" and "decided_by=rule" in caplog.text
+    assert "reason=small_model" in caplog.text or "reason=no_bf16_units" in caplog.text
 
 
 def test_an_untraceable_model_is_served_eager(caplog):
@@ -132,10 +218,14 @@ def test_without_torchscript_serving_still_chooses_its_precision_and_answers(tin
     monkeypatch.setattr(torch.jit, missing, gone)
     monkeypatch.setattr(fast_paths, "MIN_GFLOP_FOR_BF16", 0.0)
     monkeypatch.setattr(fast_paths, "bf16_supported", lambda device: True)
-    runner = fast_paths.choose(_model(), _batch(1), _batch(4))
+    runner = fast_paths.choose(_model(), _batch(1), _batch(4), precision="measure")
     assert runner.graph == "eager" and runner.precision in ("fp32", "bf16")
     assert "event=serve_graph_failed precision=fp32 error=RuntimeError" in caplog.text
     assert f"chosen={runner.precision} graph=eager" in caplog.text and "bf16_eager_ms=" in caplog.text  # bf16 still timed
+    monkeypatch.setattr(fast_paths, "read_facts", lambda device: _facts(bf16_units=True))
+    caplog.clear()
+    runner = fast_paths.choose(_big_model(), _batch(1, 64), _batch(2, 64))  # the rule: bf16 on these units, eager
+    assert (runner.precision, runner.graph) == ("bf16", "eager") and "decided_by=rule" in caplog.text
     model = LoadedModel(tiny_artifact, precision="fp32", graph="auto")
     assert model.runner.graph == "eager"
     probabilities = model.predict([Image.new("RGB", (40, 30), (200, 10, 10))])
@@ -229,3 +319,35 @@ def test_the_deciding_pair_is_timed_alternately_and_the_best_of_each_kept(monkey
     a_ms, b_ms = fast_paths.time_pair_ms(a, b, _batch(1), rounds=3)
     assert calls == ["a", "b"] * 3
     assert (a_ms, b_ms) == (pytest.approx(1.0), pytest.approx(5.0))  # the burst did not decide: a's best is a quiet call
+
+
+def test_a_deferred_graph_answers_eager_first_then_frozen_alike(tiny_artifact, caplog):
+    """The worker answers while its frozen graph is built in a thread; the swap does not change the answers."""
+    caplog.set_level(logging.INFO)
+    model = LoadedModel(tiny_artifact, precision="fp32", defer_graph=True)
+    images = [Image.effect_noise((40, 30), 60 + 20 * i).convert("RGB") for i in range(3)]
+    first = model.predict(images)  # eager or frozen, whichever is in place: both must answer
+    assert model.graph_ready.wait(60)
+    assert model.runner.graph == "frozen" and "event=graph_ready graph=frozen precision=fp32" in caplog.text
+    assert "graph=eager graph_deferred=frozen" in caplog.text  # what answered at load, and what was on its way
+    for expected, got in zip(first, model.predict(images), strict=True):
+        assert got == pytest.approx(expected, abs=1e-5)
+    forced = LoadedModel(tiny_artifact, precision="fp32", graph="frozen", defer_graph=True)  # a forced graph is built at load
+    assert forced.runner.graph == "frozen" and forced.graph_ready.is_set()
+
+
+def test_weights_loaded_into_a_meta_built_network_answer_like_a_real_build(tiny_artifact, monkeypatch):
+    from safetensors.torch import load_file
+
+    from image_classifier.serving.model import with_weights
+
+    weights = tiny_artifact / "model.safetensors"
+    fast = with_weights("test_resnet", 3, weights)
+    real = build_architecture("test_resnet", 3).eval()
+    real.load_state_dict(load_file(str(weights)))
+    batch = _batch(2)
+    with torch.inference_mode():
+        assert torch.equal(fast.eval()(batch), real(batch))
+    assert not any(t.is_meta for t in [*fast.parameters(), *fast.buffers()])
+    with pytest.raises(UserError, match="weights do not fit"):
+        with_weights("test_resnet", 5, weights)  # a head of another size

@@ -139,8 +139,8 @@ CODEARTIFACT_ENV = "CA_REPOSITORY_ARN"  # both toolkits install requirements fro
 CACHE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where cache_images=disk writes (default: the temp dir)
 
 # --- serving fast paths (serving/fast_paths.py) ----------------------------------------------
-PRECISION_ENV = "IMAGE_CLASSIFIER_PRECISION"  # auto | fp32 | bf16: measured at load unless forced
-GRAPH_ENV = "IMAGE_CLASSIFIER_GRAPH"  # auto | eager | frozen (torch.jit trace + freeze)
+PRECISION_ENV = "IMAGE_CLASSIFIER_PRECISION"  # auto (the rule, serving/fast_path_rule.py) | measure (timed at load) | fp32 | bf16
+GRAPH_ENV = "IMAGE_CLASSIFIER_GRAPH"  # auto | measure | eager | frozen (torch.jit trace + freeze)
 
 # --- explanations (serving/explain.py, docs/serving.md#explanations) -------------------------
 EXPLAIN_ENV = "IMAGE_CLASSIFIER_EXPLAIN"  # a method: every request explained unless it says explain=off (batch transform)

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torchvision
 from torch import nn
@@ -31,6 +30,14 @@ class BuiltModel:
     weights: WeightSource | None
 
 
+def _timm():
+    """timm, imported on first use: a serving worker of a torchvision model starts 0.3-0.6 s sooner without it
+    (``local/bench/startup_bench.py``)."""
+    import timm
+
+    return timm
+
+
 def is_torchvision(name: str) -> bool:
     return name.startswith(TORCHVISION_PREFIX)
 
@@ -41,7 +48,7 @@ def build_architecture(name: str, num_classes: int | None = None) -> nn.Module:
     try:
         if is_torchvision(name):
             return torchvision.models.get_model(name[len(TORCHVISION_PREFIX) :], weights=None, **kwargs)
-        return timm.create_model(name, pretrained=False, **kwargs)
+        return _timm().create_model(name, pretrained=False, **kwargs)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise UserError(f"unknown model {name!r}: {exc}") from exc
 
@@ -73,7 +80,7 @@ def data_config_for(name: str, model: nn.Module, image_size: int | None) -> Data
     if is_torchvision(name):
         size, mean, std, interp, crop = 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear", 0.875
     else:
-        cfg = timm.data.resolve_data_config({}, model=model)
+        cfg = _timm().data.resolve_data_config({}, model=model)
         size, mean, std, interp, crop = cfg["input_size"][-1], cfg["mean"], cfg["std"], cfg["interpolation"], cfg["crop_pct"]
     return DataConfig(
         input_size=int(image_size or size),

@@ -69,6 +69,17 @@ def unpack(data: bytes) -> list[tuple[dict, bytes]]:
     return parts
 
 
+def split(answer: Answer) -> list[Answer]:
+    """multi-model-server's answer to an envelope, as one answer per request in it; a failure of MMS
+    itself (no worker, a timeout: not an envelope) is one answer that applies to every request."""
+    if answer.status != 200 or not answer.content_type.startswith(ENVELOPE_TYPE):
+        return [answer]
+    return [
+        Answer(int(meta["status"]), str(meta["content_type"]), part, dict(meta.get("timing") or {}), answer.round_trip_ms)
+        for meta, part in unpack(answer.body)
+    ]
+
+
 @dataclass
 class _Pending:
     headers: dict[str, str]

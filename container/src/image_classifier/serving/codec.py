@@ -13,7 +13,7 @@ import io
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image
@@ -42,12 +42,45 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """What ``explain=`` asked for: a method of ``params.EXPLAIN_METHODS`` and its target (a label or an
+    index; None: the predicted class)."""
+
+    method: str
+    target: str | None = None
+
+
+@dataclass(frozen=True)
 class ResponseOptions:
+    """Accept and Custom-Attributes, parsed and checked once (in the front), then carried to the worker
+    as ``OPTIONS_HEADER`` (``to_header`` / ``from_header``) so the worker never parses them again."""
+
     accept: str
     top_k: int
     probabilities: bool
-    explain: str | None = None  # a method of params.EXPLAIN_METHODS (serving/explain.py)
-    explain_class: str | None = None  # a label or an index; None: the predicted class
+    explanation: Explanation | None = None
+
+    def to_header(self) -> str:
+        """JSON, ASCII only (a label in explain_class may be any text)."""
+        explanation = self.explanation
+        return json.dumps(
+            [self.accept, self.top_k, self.probabilities, explanation and [explanation.method, explanation.target]],
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_header(cls, text: str) -> ResponseOptions:
+        """What ``to_header`` wrote (the front's own header: trusted, not checked again)."""
+        accept, top_k, probabilities, explanation = json.loads(text)
+        return cls(accept, int(top_k), bool(probabilities), Explanation(*explanation) if explanation else None)
+
+    def limited_to(self, num_classes: int) -> ResponseOptions:
+        """top_k no larger than the model's classes (the front does not know them)."""
+        return self if self.top_k <= num_classes else replace(self, top_k=num_classes)
+
+
+# the front's parsed ResponseOptions, on the way to the worker (MMS passes every request header on)
+OPTIONS_HEADER = "X-Ic-Response-Options"
 
 
 def media_type(header: str | None) -> str:
@@ -72,9 +105,9 @@ def parse_custom_attributes(header: str | None) -> dict[str, str]:
     return out
 
 
-def explain_option(attributes: dict[str, str], default: str | None = None) -> tuple[str | None, str | None]:
+def explain_option(attributes: dict[str, str], default: str | None = None) -> Explanation | None:
     """``explain=<method>`` (or ``default``, the model's ``IMAGE_CLASSIFIER_EXPLAIN``; ``explain=off`` overrides
-    it) and ``explain_class=<label or index>``; a 400 for an unknown method."""
+    it) and ``explain_class=<label or index>``; None: no explanation; a 400 for an unknown method."""
     method = attributes.get("explain", default or params.EXPLAIN_OFF).strip().lower() or params.EXPLAIN_OFF
     if method != params.EXPLAIN_OFF and method not in params.EXPLAIN_METHODS:
         raise RequestError(400, f"custom attribute explain={method!r}: use one of {', '.join(params.EXPLAIN_METHODS)} or off")
@@ -82,13 +115,14 @@ def explain_option(attributes: dict[str, str], default: str | None = None) -> tu
     if method == params.EXPLAIN_OFF:
         if target is not None:
             raise RequestError(400, "custom attribute explain_class needs explain=<method>")
-        return None, None
-    return method, target
+        return None
+    return Explanation(method, target)
 
 
 def response_options(
-    accept_header: str | None, attributes_header: str | None, num_classes: int, default_explain: str | None = None
+    accept_header: str | None, attributes_header: str | None, num_classes: int | None = None, default_explain: str | None = None
 ) -> ResponseOptions:
+    """The request's answer options, or a ``RequestError`` (406, 400); ``num_classes`` bounds top_k (None: unbounded)."""
     accepted = [a.strip() for a in (accept_header or "").split(",") if a.strip()]
     chosen = None
     wants_probabilities = False
@@ -115,8 +149,8 @@ def response_options(
             raise RequestError(400, f"custom attribute top_k={top_k} must be at least 1")
     if attributes.get("probabilities", "").lower() in ("true", "1", "yes"):
         wants_probabilities = True
-    explain, explain_class = explain_option(attributes, default_explain)
-    return ResponseOptions(chosen, min(top_k, num_classes), wants_probabilities, explain, explain_class)
+    options = ResponseOptions(chosen, top_k, wants_probabilities, explain_option(attributes, default_explain))
+    return options if num_classes is None else options.limited_to(num_classes)
 
 
 def allow_pixels(max_pixels: int) -> None:

@@ -9,6 +9,9 @@ SageMaker's multi-model protocol by translating it to MMS's management API.
 Large requests (above the real-time 6 MB, up to ``SAGEMAKER_MAX_PAYLOAD_IN_MB``: asynchronous endpoints)
 are never batched: each goes to a worker alone, and at most one per worker is read and in flight at
 once (the rest wait unread), so the memory they take is bounded by the workers, not by the callers.
+The front parses a request's Accept and Custom-Attributes once, into ``codec.ResponseOptions``, and
+hands them to the worker in a header of its own (``codec.OPTIONS_HEADER``), so the worker does not
+parse them again. The management handlers of the multi-model protocol live in ``management``.
 The front also counts what it answers (``metrics``): EMF lines and ``GET /metrics``.
 
 A model with its own inference code (``user_code``) takes another route: its own content types pass
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -30,43 +33,31 @@ import aiohttp
 from aiohttp import web
 
 from image_classifier import params
-from image_classifier.errors import UserError
-from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, unpack
+from image_classifier.serving.batching import ENVELOPE_TYPE, Answer, Batcher, split
 from image_classifier.serving.codec import (
     IMAGE_TYPES,
     JSON_TYPE,
+    OPTIONS_HEADER,
     USER_CODE_NOT_EXPLAINED,
     RequestError,
+    ResponseOptions,
     explain_option,
     media_type,
     parse_custom_attributes,
     response_options,
 )
 from image_classifier.serving.config import ServingConfig
+from image_classifier.serving.http_errors import json_error, path_text
+from image_classifier.serving.management import ModelManagement
 from image_classifier.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from image_classifier.serving.metrics import OTHER_MODEL, Metrics
-from image_classifier.serving.mms import describe_ready, error_message, link_into_store, register_query
+from image_classifier.serving.mms import describe_ready, error_message
 from image_classifier.serving.timing import WORKER_HEADER, front_stages, now_ms, parse_worker_header, server_timing
-from image_classifier.serving.user_code import prepare
 
 log = logging.getLogger(__name__)
 MODEL_KEY, STAGES_KEY, BYTES_KEY = "ic_model", "ic_stages", "ic_bytes"  # what the metrics read off a request
-FORWARDED_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-def _text(value, what: str) -> str:
-    """A non-empty string that can go into a URL or a path (no lone surrogates), else a 400."""
-    if not isinstance(value, str) or not value:
-        raise RequestError(400, f"{what} must be a non-empty string")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise RequestError(400, f"{what} is not valid text") from None
-    return value
+# a model with its own code reads the client's headers itself; ours get the parsed options instead
+USER_CODE_HEADERS = ("Content-Type", "Accept", params.CUSTOM_ATTRIBUTES_HEADER)
 
 
 class Front:
@@ -118,10 +109,7 @@ class Front:
                 web.get("/execution-parameters", self.execution_parameters),
                 web.get("/metrics", self.metrics_text),
                 web.post("/invocations", self.invocations),
-                web.get("/models", self.list_models),
-                web.post("/models", self.load_model),
-                web.get("/models/{name}", self.describe_model),
-                web.delete("/models/{name}", self.unload_model),
+                *ModelManagement(self).routes(),
                 web.post("/models/{name}/invoke", self.invoke_model),
             ]
         )
@@ -165,6 +153,10 @@ class Front:
         return json_error(503, "model not loaded" if not self.config.multi_model else "model server not ready")
 
     async def _healthy(self) -> bool:
+        """MMS's answer, cached for 0.5 s; before the single model has loaded, no (nothing cached, so the
+        first ping after the load says yes: a cached no held every start back by up to 0.5 s)."""
+        if not self.config.multi_model and not self.loaded_ok:
+            return False
         checked_at, cached = self._ping_cache
         if time.monotonic() - checked_at < 0.5:
             return cached
@@ -173,8 +165,6 @@ class Front:
             if self.config.multi_model:
                 async with self.session.get(self.mms("/ping")) as response:
                     healthy = response.status == 200
-            elif not self.loaded_ok:
-                healthy = False
             else:
                 async with self.session.get(self.mms(f"/models/{params.SINGLE_MODEL_NAME}", management=True)) as response:
                     healthy = response.status == 200 and describe_ready(await response.json(content_type=None))
@@ -205,22 +195,24 @@ class Front:
         return await self._predict(request, params.SINGLE_MODEL_NAME)
 
     async def invoke_model(self, request: web.Request) -> web.Response:
-        return await self._predict(request, _text(request.match_info["name"], "model name"))
+        return await self._predict(request, path_text(request.match_info["name"], "model name"))
 
     async def _predict(self, request: web.Request, model: str) -> web.Response:
         request[MODEL_KEY] = model
         if model in self.user_code:
             return await self._predict_user_code(request, model)
         started = now_ms()
-        self._check_request(request)
+        options = self._check_request(request)
         large = self._large(request)
         async with self.large_slots if large else contextlib.nullcontext():
             body = await request.read()
             request[BYTES_KEY] = len(body)
             if not body:
                 raise RequestError(400, "request body is empty")
-            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
-            if self.config.batch_size > 1 and not large and not self._explained(request):
+            headers = {"Content-Type": request.headers["Content-Type"], OPTIONS_HEADER: options.to_header()}
+            # an explained request goes to a worker alone: its seconds of gradients must not hold up a batch of
+            # plain requests (nor push an envelope past the timeout); its images are bounded per request
+            if self.config.batch_size > 1 and not large and options.explanation is None:
                 answer = await self._batcher(model).submit(headers, body)
             else:
                 answer = await self._forward(model, body, headers)
@@ -230,12 +222,6 @@ class Front:
         """Above the real-time limit, or of unknown length (chunked): goes alone, one per worker at a time."""
         length = request.content_length
         return length is None or length > self.config.batch_part_bytes
-
-    def _explained(self, request: web.Request) -> bool:
-        """An explained request goes to a worker alone: its seconds of gradients must not hold up a batch of
-        plain requests (nor push an envelope past the timeout); its images are bounded per request."""
-        attributes = parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER))
-        return explain_option(attributes, self.config.explain)[0] is not None
 
     def _reply(self, request: web.Request, model: str, answer: Answer, started: float) -> web.Response:
         """The worker's answer; a 200 with the request's ``Server-Timing`` (serving/timing.py), kept for the metrics."""
@@ -253,14 +239,14 @@ class Front:
         """The model's own input_fn/output_fn decide content types; the front keeps the size limit."""
         started = now_ms()
         self._check_size(request)
-        if explain_option(parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER)))[0]:
+        if explain_option(parse_custom_attributes(request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER))) is not None:
             raise RequestError(400, USER_CODE_NOT_EXPLAINED)
         async with self.large_slots if self._large(request) else contextlib.nullcontext():
             body = await request.read()
             request[BYTES_KEY] = len(body)
             if not body:
                 raise RequestError(400, "request body is empty")
-            headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+            headers = {h: request.headers[h] for h in USER_CODE_HEADERS if h in request.headers}
             answer = await self._forward(model, body, headers, attempts=1)
         return self._reply(request, model, answer, started)
 
@@ -288,20 +274,16 @@ class Front:
             await asyncio.sleep(0.1)
         return answer
 
+    async def _send_envelope(self, model: str, envelope: bytes) -> list[Answer]:
+        return split(await self._forward(model, envelope, {"Content-Type": ENVELOPE_TYPE}))
+
     def _batcher(self, model: str) -> Batcher:
         if model not in self.batchers:
-
-            async def send(envelope: bytes) -> list[Answer]:
-                answer = await self._forward(model, envelope, {"Content-Type": ENVELOPE_TYPE})
-                if answer.status != 200 or not answer.content_type.startswith(ENVELOPE_TYPE):
-                    return [answer]  # MMS itself failed: the same answer for every request
-                return [
-                    Answer(int(meta["status"]), str(meta["content_type"]), part, dict(meta.get("timing") or {}), answer.round_trip_ms)
-                    for meta, part in unpack(answer.body)
-                ]
-
             self.batchers[model] = Batcher(
-                send, self.config.batch_size, self.config.max_batch_delay_ms / 1000, max_in_flight=self.config.batches_in_flight
+                functools.partial(self._send_envelope, model),
+                self.config.batch_size,
+                self.config.max_batch_delay_ms / 1000,
+                max_in_flight=self.config.batches_in_flight,
             )
         return self.batchers[model]
 
@@ -310,8 +292,9 @@ class Front:
         if length is not None and length > self.config.max_payload_bytes:
             raise web.HTTPRequestEntityTooLarge(max_size=self.config.max_payload_bytes, actual_size=length)
 
-    def _check_request(self, request: web.Request) -> None:
-        """Refuse before reading: oversized bodies, unsupported content types and accept types."""
+    def _check_request(self, request: web.Request) -> ResponseOptions:
+        """Refuse before reading: oversized bodies, unsupported content types, accept types and custom attributes;
+        the request's options, parsed once."""
         self._check_size(request)
         kind = media_type(request.headers.get("Content-Type"))
         if kind not in IMAGE_TYPES and kind != JSON_TYPE:
@@ -319,76 +302,6 @@ class Front:
                 415,
                 f"unsupported content type {request.headers.get('Content-Type')!r}; use image/jpeg, image/png, application/x-image or application/json",
             )
-        response_options(request.headers.get("Accept"), request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER), 10**6)
-
-    # --- multi-model protocol (SageMaker -> container) ------------------------------------------
-    def _require_multi_model(self) -> None:
-        if not self.config.multi_model:
-            raise RequestError(404, "model management is only available with SAGEMAKER_MULTI_MODEL=true")
-
-    async def load_model(self, request: web.Request) -> web.Response:
-        self._require_multi_model()
-        try:
-            document = await request.json()
-            name, url = document["model_name"], document["url"]
-        except (ValueError, KeyError, TypeError):
-            raise RequestError(400, 'body must be JSON {"model_name": ..., "url": ...}') from None
-        name, url = _text(name, "model_name"), _text(url, "url")
-        assert self.session is not None
-        async with self.session.get(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
-            if response.status == 200:
-                return json_error(409, f"model {name!r} is already loaded")
-        if not Path(url).is_dir():
-            return json_error(404, f"model {name!r}: {url} is not a folder")
-        try:
-            code = await asyncio.to_thread(prepare, Path(url), os.environ, True)
-        except UserError as exc:
-            return json_error(400, f"model {name!r} could not be loaded: {exc}")
-        if code is not None and self.config.explain:
-            return json_error(400, f"model {name!r} could not be loaded: {params.EXPLAIN_ENV} is set and {USER_CODE_NOT_EXPLAINED}")
-        entry = link_into_store(self.model_store, name, url)
-        asked = time.monotonic()
-        async with self.session.post(self.mms(f"/models?{register_query(self.config, name, entry)}", management=True)) as response:
-            payload = await response.read()
-            if response.status == 200:
-                self.user_code.discard(name)
-                if code is not None:
-                    self.user_code.add(name)
-                self.model_loaded(name, time.monotonic() - asked)
-                log.info("event=model_registered name=%s user_code=%s", name, str(code is not None).lower())
-                return web.json_response({"status": f"model {name!r} loaded"})
-            message = error_message(payload, "model could not be loaded")
-            status = 507 if "memory" in message.lower() else 500 if response.status >= 500 else 400
-            return json_error(status, f"model {name!r} could not be loaded: {message}")
-
-    async def list_models(self, _request: web.Request) -> web.Response:
-        self._require_multi_model()
-        assert self.session is not None
-        async with self.session.get(self.mms("/models", management=True)) as response:
-            document = await response.json(content_type=None)
-        models = [{"modelName": m.get("modelName"), "modelUrl": m.get("modelUrl")} for m in document.get("models", [])]
-        return web.json_response({"models": models})
-
-    async def describe_model(self, request: web.Request) -> web.Response:
-        self._require_multi_model()
-        name = _text(request.match_info["name"], "model name")
-        assert self.session is not None
-        async with self.session.get(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
-            if response.status == 404:
-                return json_error(404, f"model {name!r} is not loaded")
-            document = await response.json(content_type=None)
-        return web.json_response(document[0] if isinstance(document, list) and document else document)
-
-    async def unload_model(self, request: web.Request) -> web.Response:
-        self._require_multi_model()
-        name = _text(request.match_info["name"], "model name")
-        assert self.session is not None
-        async with self.session.delete(self.mms(f"/models/{quote(name, safe='')}", management=True)) as response:
-            if response.status == 404:
-                return json_error(404, f"model {name!r} is not loaded")
-            if response.status != 200:
-                return json_error(500, error_message(await response.read(), "unload failed"))
-        self.user_code.discard(name)
-        self.loaded.discard(name)
-        log.info("event=model_unregistered name=%s", name)
-        return web.json_response({"status": f"model {name!r} unloaded"})
+        return response_options(
+            request.headers.get("Accept"), request.headers.get(params.CUSTOM_ATTRIBUTES_HEADER), default_explain=self.config.explain
+        )

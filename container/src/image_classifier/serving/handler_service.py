@@ -9,8 +9,10 @@ model is loaded and warmed up then, so a worker only reports ready once it can r
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +39,10 @@ class HandlerService(DefaultHandlerService):
             self._service = UserCodeTransformer()
             super().initialize(context)  # the toolkit: code/ on PYTHONPATH for subprocesses, then model_fn
         else:
-            from image_classifier.serving.transformer import BatchTransformer
+            started = time.perf_counter()
+            from image_classifier.serving.transformer import BatchTransformer  # torch and the rest: most of a start
 
+            logging.getLogger(__name__).info("event=worker_imports seconds=%.2f", time.perf_counter() - started)
             self._service = BatchTransformer()
             self._service.validate_and_initialize(model_dir=str(model_dir), context=context)
         self.initialized = True

@@ -7,14 +7,18 @@ corrupt, swapped or pickled artifact fails start-up with a reason, never half-lo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import threading
 import time
 from functools import cached_property
 from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
 
 from image_classifier import gpu_host, params
 from image_classifier.data.presets import DataConfig, eval_transform
@@ -26,6 +30,10 @@ from image_classifier.serving.explain import Explainer
 
 log = logging.getLogger(__name__)
 MAX_ASPECT = 4  # longer side at most 4x the shorter one before resizing (see ``centre_bounded``)
+# calls of the chosen runner at load: TorchScript's profiling executor records the first call and
+# optimises on the next, and oneDNN creates its kernels on first use; after these two a ResNet-50
+# answers at its steady latency (the start-up benchmark's first request, docs/performance.md)
+WARMUP_CALLS = 2
 
 
 def serving_device() -> torch.device:
@@ -39,21 +47,42 @@ def serving_device() -> torch.device:
     return torch.device("cpu")
 
 
-class LoadedModel:
-    """``precision`` / ``graph``: auto (measured at load, see ``fast_paths``) unless given or set in the environment."""
+def with_weights(architecture: str, num_classes: int, weights: Path) -> nn.Module:
+    """The network holding the artifact's weights.
 
-    def __init__(self, model_dir: Path, threads: int | None = None, precision: str | None = None, graph: str | None = None):
+    Built on the meta device and handed the file's tensors (``assign``): the random initialisation of
+    a real build, and the copy of the weights over it, cost ResNet-50 0.9 s of a 2-core start. An
+    architecture with state the file does not hold (a buffer computed in ``__init__``) or of another
+    dtype is built for real."""
+    state = load_file(str(weights))
+    try:
+        with torch.device("meta"):
+            model = build_architecture(architecture, num_classes)
+        expected = model.state_dict()
+        model.load_state_dict(state, assign=True)
+        if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())) or any(
+            state[k].dtype != v.dtype for k, v in expected.items() if k in state
+        ):
+            model = build_architecture(architecture, num_classes)
+            model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"weights do not fit {architecture}: {str(exc)[:300]}") from None
+    return model
+
+
+class LoadedModel:
+    """``precision`` / ``graph``: auto (the rule of ``fast_paths``) unless given or set in the environment."""
+
+    def __init__(
+        self, model_dir: Path, threads: int | None = None, precision: str | None = None, graph: str | None = None, defer_graph: bool = False
+    ):
+        """``defer_graph``: a frozen graph chosen by the rule is built after load, in a thread, while the eager
+        runner answers (the serving worker: /ping turns 200 that much sooner); ``graph_ready`` is set when done."""
         started = time.perf_counter()
         if threads:
             torch.set_num_threads(threads)
         self.card, weights = check_artifact(model_dir)
-        from safetensors.torch import load_file
-
-        model = build_architecture(self.card.architecture, self.card.num_classes)
-        try:
-            model.load_state_dict(load_file(str(weights)))
-        except RuntimeError as exc:
-            raise UserError(f"weights do not fit {self.card.architecture}: {str(exc)[:300]}") from None
+        model = with_weights(self.card.architecture, self.card.num_classes, weights)
         self.device = serving_device()
         self.model = model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.classes = list(self.card.classes)
@@ -62,24 +91,56 @@ class LoadedModel:
         self.transform = eval_transform(data_config)
         self.draft_size = data_config.resize_size  # JPEGs decode at reduced scale down to this, as in training
         size = self.card.preprocessing.input_size
+        built = time.perf_counter()
+        log.info("event=model_built architecture=%s seconds=%.2f", self.card.architecture, built - started)
         self.runner = fast_paths.choose(
             self.model,
             self._batch([self.prepare(Image.new("RGB", (size, size)))]),
             self._batch(list(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)))),  # bf16's probe
             precision or os.environ.get(params.PRECISION_ENV, "auto"),
             graph or os.environ.get(params.GRAPH_ENV, "auto"),
+            defer_graph,
         )
-        self.predict([Image.new("RGB", (size, size))])  # warm-up of the chosen runner
+        chosen = time.perf_counter()
+        for _ in range(WARMUP_CALLS):
+            self.predict([Image.new("RGB", (size, size))])
         log.info(
-            "event=model_loaded architecture=%s classes=%d threads=%d device=%s precision=%s graph=%s seconds=%.2f",
+            "event=model_loaded architecture=%s classes=%d threads=%d device=%s precision=%s graph=%s "
+            "graph_deferred=%s build_s=%.2f graph_s=%.2f warmup_s=%.2f seconds=%.2f",
             self.card.architecture,
             len(self.classes),
             torch.get_num_threads(),
             self.device.type,
             self.runner.precision,
             self.runner.graph,
+            self.runner.deferred or "none",
+            built - started,
+            chosen - built,
+            time.perf_counter() - chosen,
             time.perf_counter() - started,
         )
+        self.graph_ready = threading.Event()
+        if self.runner.deferred:
+            example = self._batch([self.prepare(Image.new("RGB", (size, size)))])
+            threading.Thread(target=self._build_graph, args=(example,), name="graph", daemon=True).start()
+        else:
+            self.graph_ready.set()
+
+    @torch.inference_mode()
+    def _build_graph(self, example: torch.Tensor) -> None:
+        """The deferred graph, built and warmed up beside the requests, then swapped in (one attribute: atomic)."""
+        started = time.perf_counter()
+        try:
+            runner = fast_paths.freeze(self.runner, example)
+            for _ in range(WARMUP_CALLS):
+                runner(example)
+        except Exception as exc:  # noqa: BLE001 - an untraceable model stays eager
+            log.warning("event=serve_graph_failed precision=%s error=%s deferred=true", self.runner.precision, type(exc).__name__)
+        else:
+            self.runner = runner
+            log.info("event=graph_ready graph=%s precision=%s seconds=%.2f", runner.graph, runner.precision, time.perf_counter() - started)
+        finally:
+            self.graph_ready.set()
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """One decoded image as the model's input tensor (resized, centre-cropped, normalised)."""

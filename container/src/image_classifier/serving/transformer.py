@@ -20,6 +20,7 @@ from image_classifier import params
 from image_classifier.serving.batching import ENVELOPE_TYPE, pack, unpack
 from image_classifier.serving.codec import (
     JSON_TYPE,
+    OPTIONS_HEADER,
     RequestError,
     ResponseOptions,
     allow_pixels,
@@ -66,8 +67,9 @@ class BatchTransformer:
     def validate_and_initialize(self, model_dir: str | None = None, context=None) -> None:
         if self.model is None:
             threads = int(os.environ.get(params.THREADS_ENV, "0")) or None
-            self.model = LoadedModel(Path(model_dir or "."), threads)
-            self.default_explain, _ = explain_option({}, os.environ.get(params.EXPLAIN_ENV))
+            self.model = LoadedModel(Path(model_dir or "."), threads, defer_graph=True)  # the worker answers while its graph builds
+            explanation = explain_option({}, os.environ.get(params.EXPLAIN_ENV))
+            self.default_explain = explanation.method if explanation else None
             self.max_pixels = max_image_pixels(max_payload_mb(os.environ))
             allow_pixels(self.max_pixels)
             if self.default_explain:  # warm-up: Captum imported, Grad-CAM's layer found, before the first record
@@ -123,20 +125,16 @@ class BatchTransformer:
         for idx, (headers, body) in enumerate(requests):
             timing = timings[idx]
             try:
-                options = response_options(
-                    headers.get("accept"),
-                    headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()),
-                    len(self.model.classes),
-                    self.default_explain,
-                )
+                options = self._options(headers)
                 target = self._check_explain(options)
                 with stopwatch(timing, "decode"):
                     prepare = timed(self.model.prepare, timing, "preprocess")
                     decoded = decode_request(body, headers.get("content-type"), prepare, self.model.draft_size, self.max_pixels)
                 timing["decode"] -= timing.get("preprocess", 0.0)
-                if options.explain and len(decoded) > params.MAX_EXPLAINED_IMAGES:
+                if options.explanation and len(decoded) > params.MAX_EXPLAINED_IMAGES:
                     raise RequestError(
-                        400, f"{len(decoded)} images with explain={options.explain}; at most {params.MAX_EXPLAINED_IMAGES} per request"
+                        400,
+                        f"{len(decoded)} images with explain={options.explanation.method}; at most {params.MAX_EXPLAINED_IMAGES} per request",
                     )
             except RequestError as exc:
                 replies[idx] = _error(exc.status, exc.message)
@@ -158,7 +156,7 @@ class BatchTransformer:
                 for item in accepted:
                     replies[item.idx] = _error(500, f"inference failed: {type(exc).__name__}")
             else:
-                explanations = self._explain([a for a in accepted if a.options.explain], tensors, probabilities, replies, timings)
+                explanations = self._explain([a for a in accepted if a.options.explanation], tensors, probabilities, replies, timings)
                 for item in accepted:
                     if replies[item.idx] is not None:  # its explanation failed
                         continue
@@ -170,21 +168,32 @@ class BatchTransformer:
                     timings[item.idx] |= {"forward": forward["forward"], "images": float(len(tensors))}
         return [reply or _error(500, "no answer") for reply in replies], timings
 
+    def _options(self, headers: dict[str, str]) -> ResponseOptions:
+        """The front's parsed options (``OPTIONS_HEADER``); parsed here only for a caller that is not the front
+        (a test, or a request sent to multi-model-server directly)."""
+        assert self.model is not None
+        wired = headers.get(OPTIONS_HEADER.lower())
+        if wired is not None:
+            return ResponseOptions.from_header(wired).limited_to(len(self.model.classes))
+        return response_options(
+            headers.get("accept"), headers.get(params.CUSTOM_ATTRIBUTES_HEADER.lower()), len(self.model.classes), self.default_explain
+        )
+
     def _check_explain(self, options: ResponseOptions) -> int | None:
         """A 400 before any work for a target or method this model cannot take; the target's index."""
-        if not options.explain:
+        if options.explanation is None:
             return None
         assert self.model is not None
-        target = resolve_target(options.explain_class, self.model.classes)
-        self.model.explainer.resolve(options.explain)
+        target = resolve_target(options.explanation.target, self.model.classes)
+        self.model.explainer.resolve(options.explanation.method)
         return target
 
     def _explain(self, wanted: list[Accepted], tensors: list, probabilities: list[list[float]], replies, timings) -> dict[int, list[dict]]:
         """Explanations for the requests in ``wanted``, one pass per method; a failure fails those requests alone."""
         assert self.model is not None
         out: dict[int, list[dict]] = {}
-        for method in dict.fromkeys(a.options.explain for a in wanted):
-            group = [a for a in wanted if a.options.explain == method]
+        for method in dict.fromkeys(a.method for a in wanted):
+            group = [a for a in wanted if a.method == method]
             images, targets = [], []
             for item in group:
                 for i in range(item.start, item.stop):
@@ -194,7 +203,7 @@ class BatchTransformer:
             spent: dict[str, float] = {}
             try:
                 with stopwatch(spent, "explain"):
-                    explained = self.model.explain(str(method), images, targets)
+                    explained = self.model.explain(method, images, targets)
             except RequestError as exc:
                 for item in group:
                     replies[item.idx] = _error(exc.status, exc.message)
@@ -223,3 +232,9 @@ class Accepted:
     start: int
     stop: int
     target: int | None = None
+
+    @property
+    def method(self) -> str:
+        """The explanation method (only asked of requests that want one)."""
+        assert self.options.explanation is not None
+        return self.options.explanation.method

@@ -85,7 +85,7 @@ class ClassifierFunctions(DefaultInferenceHandler):
     def default_output_fn(self, prediction, accept, context=None):
         if isinstance(prediction, dict) and {"classes", "probabilities"} <= set(prediction):
             options = response_options(accept, _attributes(context), len(prediction["classes"]))
-            if options.explain:  # the front refuses these first; a model's own code may call ours directly
+            if options.explanation:  # the front refuses these first; a model's own code may call ours directly
                 raise RequestError(400, USER_CODE_NOT_EXPLAINED)
             return encode_predictions(prediction["probabilities"], prediction["classes"], options)
         if isinstance(prediction, torch.Tensor):
