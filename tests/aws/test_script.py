@@ -74,7 +74,15 @@ def test_every_scalar_field_has_a_flag():
 
     options = {o for action in get_args_parser()._actions for o in action.option_strings}
     scalar = [name for name, field in DeployConfig.model_fields.items() if _is_scalar(field.annotation)]
-    tables = {"autoscaling", "async_inference", "serverless", "model_registry", "rollout", "capture", "drift"}  # --set serverless.memory_mb=2048
+    tables = {
+        "autoscaling",
+        "async_inference",
+        "serverless",
+        "model_registry",
+        "rollout",
+        "capture",
+        "drift",
+    }  # --set serverless.memory_mb=2048
     assert set(DeployConfig.model_fields) - set(scalar) == {"hyperparameters", "search", "subnets", "security_group_ids", "tags", *tables}
     assert [name for name in scalar if "--" + name.replace("_", "-") not in options] == []
 
