@@ -85,9 +85,7 @@ class DeployConfig(BaseModel):
     tuning_epochs: int | None = Field(None, ge=1, description="default: the trainer's rule (from the training images)")
     final_epochs: int | None = Field(None, ge=1, description="default: the trainer's rule, as the trials had")
     hyperparameters: dict[str, str] = Field(default_factory=dict, description="static hyperparameters for every job")
-    data_format: Literal["auto", "folders", "shards"] = Field(
-        "auto", description="train/validation as image folders (File mode) or tar shards (FastFile); auto: shards from 10,000 images"
-    )
+    data_format: Literal["auto", "folders", "shards"] = Field("auto", description="auto: tar shards + FastFile from 10,000 images")
     # tuning
     max_jobs: int | None = Field(None, ge=1, le=500, description=f"default: {DEFAULT_MAX_JOBS}; leave unset with Grid")
     max_parallel_jobs: int = Field(3, ge=1, le=100)

@@ -266,11 +266,11 @@ def write_shard_channels(prepared: PreparedData, dest: Path, *, seed: int = 0) -
     the unreadable files the pre-flight found go in the manifest's verdicts, not in the shards.
     """
     folders: dict[str, Path] = {}
+    label = {name: index for index, name in enumerate(prepared.classes)}
     for channel in SHARDED_CHANNELS:
         if channel not in prepared.channels:
             continue
         root = prepared.channels[channel]
-        label = {name: index for index, name in enumerate(prepared.classes)}
         samples = [(path, label[path.relative_to(root).parts[0]]) for path in prepared.files[channel]]
         bad = [(path, "unreadable") for path in prepared.unreadable if path.is_relative_to(root)]
         manifest = write_shards(samples, prepared.classes, dest / channel, split=channel, seed=seed, bad=bad)

@@ -23,7 +23,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from image_classifier.data.shards import MANIFEST, Manifest
+from image_classifier.data.shards import MANIFEST, read_manifest
 from image_classifier.errors import UserError
 from image_classifier.metrics import format_line
 from image_classifier.modeling.weights_io import sha256_of
@@ -47,7 +47,7 @@ class UploadResult:
 
 def shard_files(folder: Path) -> list[tuple[Path, str]]:
     """A sharded split's files with the sha256 its manifest records (the manifest's own: computed)."""
-    manifest = Manifest.from_json((folder / MANIFEST).read_text(), str(folder / MANIFEST))
+    manifest = read_manifest(folder)
     return [(folder / shard.name, shard.sha256) for shard in manifest.shards] + [(folder / MANIFEST, "")]
 
 
@@ -63,10 +63,17 @@ def _listed(s3_client: Any, bucket: str, prefix: str) -> dict[str, int]:
 
 
 def _sync_one(
-    s3_client: Any, bucket: str, key: str, path: Path, digest: str | None, listed_size: int | None, kms_key_id: str | None, parts: int
+    s3_client: Any,
+    bucket: str,
+    key: str,
+    path: Path,
+    size: int,
+    digest: str | None,
+    listed_size: int | None,
+    kms_key_id: str | None,
+    parts: int,
 ) -> int | None:
     """Upload ``path`` unless the object already holds it; return the bytes sent, or None when skipped."""
-    size = path.stat().st_size
     digest = digest or sha256_of(path)
     if listed_size == size:
         head = s3_client.head_object(Bucket=bucket, Key=key)
@@ -111,13 +118,16 @@ def sync(
             )
         pool_size = workers or s3_client.meta.config.max_pool_connections
         sent: list[int | None] = []
-        total = sum(path.stat().st_size for path, _ in keyed.values())
-        with ThreadPoolExecutor(max_workers=pool_size) as pool, Progress("upload", total=total, unit="B", objects=len(keyed)) as progress:
+        sizes = {key: path.stat().st_size for key, (path, _) in keyed.items()}  # once per file: a million stats add up
+        with (
+            ThreadPoolExecutor(max_workers=pool_size) as pool,
+            Progress("upload", total=sum(sizes.values()), unit="B", objects=len(keyed)) as progress,
+        ):
 
             def one(key: str) -> int | None:
                 path, digest = keyed[key]
-                result = _sync_one(s3_client, bucket, key, path, digest, existing.get(key), kms_key_id=kms_key_id, parts=parts)
-                progress.update(path.stat().st_size)
+                result = _sync_one(s3_client, bucket, key, path, sizes[key], digest, existing.get(key), kms_key_id=kms_key_id, parts=parts)
+                progress.update(sizes[key])
                 return result
 
             for batch in ([k for k in keyed if k not in last], sorted(last)):
