@@ -7,6 +7,8 @@ Single model (``starts``: each variant started afresh, interleaved): the seconds
 to each stage, read from the timestamps of serve's own log lines:
 
     front_listening   the front answers on its port (``event=listening``)
+    preloaded         the pre-fork interpreter has imported torch and the rest (``event=prefork_ready``;
+                      serving/prefork.py: started beside Java, every worker is forked from it)
     worker_started    multi-model-server's Java is up, the model is registered and its Python worker has
                       connected (MMS's ``Connection accepted``)
     imports           the worker has imported torch and the rest (``event=worker_imports``)
@@ -21,7 +23,12 @@ and ``decision_s``, the precision and graph decision alone (facts read, FLOPs co
 ``event=fast_path ... decide_s=``), ``fast_path_s`` with the runner built and a bf16 choice confirmed.
 
 Multi-model (one server per variant): a model loaded (``POST /models``), then ``--second-models`` more, each
-timed from its load request to its first answer (``second_model_first_answer_s``, median).
+timed from its load request to its first answer (``second_model_first_answer_s``, median), and the memory of
+the whole process tree with every model loaded (``models_pss_mb``: proportional set size, shared pages split
+between the processes that share them).
+
+Variants: ``after`` (this checkout), ``no_prefork`` (the same with ``IMAGE_CLASSIFIER_PREFORK=off``: each
+worker a fresh interpreter) and, with ``--baseline-src``, ``before``.
 
 ``--baseline-src`` runs the same with another checkout's package first on ``PYTHONPATH`` (the worker
 inherits it): the "before" beside the "after" in the same run.
@@ -49,6 +56,7 @@ from local.bench.serve_bench import VENV_BIN, build_artifact, free_port, photos,
 # (stage, the log line that marks it); each line's own timestamp is read
 STAGES = (
     ("front_listening", r"event=listening"),
+    ("preloaded", r"event=prefork_ready"),
     ("worker_started", r"Connection accepted"),
     ("imports", r"event=worker_imports"),
     ("model_built", r"event=model_built"),
@@ -162,9 +170,37 @@ def multi_model(work: Path, env: dict[str, str], photo: bytes, name: str, second
             if i:
                 timings.append(time.time() - asked)
                 loads.append(loaded - asked)
+        pss = tree_pss_mb(server.process.pid)
     finally:
         server.stop()
-    return {"second_model_first_answer_s": statistics.median(timings), "second_model_load_s": statistics.median(loads)}
+    return {
+        "second_model_first_answer_s": statistics.median(timings),
+        "second_model_load_s": statistics.median(loads),
+        "models_pss_mb": pss,
+    }
+
+
+def tree_pss_mb(root: int) -> float:
+    """Proportional set size of ``root`` and every process below it (Linux /proc), in MB."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return total / 1024
 
 
 def main() -> None:
@@ -179,7 +215,7 @@ def main() -> None:
     require_quiet(args.allow_busy)
     images = photos()
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
-    variants: dict[str, dict[str, str]] = {"after": env}
+    variants: dict[str, dict[str, str]] = {"no_prefork": {**env, "IMAGE_CLASSIFIER_PREFORK": "off"}, "after": env}
     if args.baseline_src:
         variants = {"before": {**env, "PYTHONPATH": str(args.baseline_src.resolve())}, **variants}
     count = [0]
@@ -195,9 +231,13 @@ def main() -> None:
             row.update(values)
     middle = medians(runs)
     worst = {name: max(row["ping_200_s"] for row in rows) for name, rows in runs.items()}
-    ratios = {}
+    ratios = {
+        "ping 200, after / no_prefork": ("after", "no_prefork", "ping_200_s"),
+        "second model's first answer, after / no_prefork": ("after", "no_prefork", "second_model_first_answer_s"),
+        "memory with every model loaded, after / no_prefork": ("after", "no_prefork", "models_pss_mb"),
+    }
     if "before" in runs:
-        ratios = {
+        ratios |= {
             "ping 200, after / before": ("after", "before", "ping_200_s"),
             "first answer, after / before": ("after", "before", "first_answer_s"),
             "second model's first answer, after / before": ("after", "before", "second_model_first_answer_s"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -53,6 +54,9 @@ def test_two_models_side_by_side_then_unload(mme, digits_job, digits5_job, sampl
     assert requests.delete(f"{mme.url}/models/digits5", timeout=30).status_code == 404
     still = requests.post(f"{mme.url}/models/digits10/invoke", data=sample_images["png"], headers={"Content-Type": "image/png"}, timeout=30)
     assert still.status_code == 200
+    # each model's worker was forked from the interpreter that imported torch once (serving/prefork.py)
+    log = mme.log()
+    assert all(re.search(rf"event=worker_forked pid=\d+ model={name}\b", log) for name in ("digits10", "digits5")), log[-3000:]
 
 
 def test_loading_a_missing_folder_is_a_404(mme):
@@ -98,3 +102,8 @@ def test_each_model_is_served_by_its_own_code_or_ours(mme, digits_job, script_jo
     assert refused.status_code == 415 and "input_fn" in refused.json()["error"]
     for name in ("ours", "user", "reformatted"):
         assert requests.delete(f"{mme.url}/models/{name}", timeout=60).status_code == 200
+    # a model with its own code gets a fresh interpreter (it may import anything, or have installed requirements)
+    log = mme.log()
+    assert "event=worker_not_forked reason=the_model_has_its_own_code model=user" in log
+    assert "event=worker_not_forked reason=the_model_has_its_own_code model=reformatted" in log
+    assert re.search(r"event=worker_forked pid=\d+ model=ours", log)

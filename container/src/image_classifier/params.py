@@ -141,6 +141,9 @@ CACHE_DIR_ENV = "IMAGE_CLASSIFIER_CACHE_DIR"  # where cache_images=disk writes (
 # --- serving fast paths (serving/fast_paths.py) ----------------------------------------------
 PRECISION_ENV = "IMAGE_CLASSIFIER_PRECISION"  # auto (the rule, serving/fast_path_rule.py) | measure (timed at load) | fp32 | bf16
 GRAPH_ENV = "IMAGE_CLASSIFIER_GRAPH"  # auto | measure | eager | frozen (torch.jit trace + freeze)
+PREFORK_ENV = (
+    "IMAGE_CLASSIFIER_PREFORK"  # on (default) | off: each worker forked from one interpreter with torch imported (serving/prefork.py)
+)
 
 # --- explanations (serving/explain.py, docs/serving.md#explanations) -------------------------
 EXPLAIN_ENV = "IMAGE_CLASSIFIER_EXPLAIN"  # a method: every request explained unless it says explain=off (batch transform)

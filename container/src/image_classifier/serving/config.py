@@ -44,6 +44,7 @@ class ServingConfig:
     mms_port: int
     batches_in_flight: int = 0  # envelopes a model may have at MMS at once; 0: no limit
     explain: str | None = None  # IMAGE_CLASSIFIER_EXPLAIN: the method every request gets unless it says explain=off
+    prefork: bool = True  # IMAGE_CLASSIFIER_PREFORK: workers forked from one interpreter with torch imported
     metrics: bool = True  # IMAGE_CLASSIFIER_METRICS: EMF lines and /metrics
     metrics_sample: float = 1.0  # IMAGE_CLASSIFIER_METRICS_SAMPLE
     metrics_namespace: str = params.DEFAULT_METRICS_NAMESPACE
@@ -108,6 +109,7 @@ class ServingConfig:
             mms_port=_int(env, params.MMS_PORT_ENV, 8090),
             batches_in_flight=_int(env, params.BATCHES_IN_FLIGHT_ENV, workers, minimum=0),
             explain=_explain(env),
+            prefork=_switch(env, params.PREFORK_ENV),
             metrics=_switch(env, params.METRICS_ENV),
             metrics_sample=_fraction(env, params.METRICS_SAMPLE_ENV),
             metrics_namespace=env.get(params.METRICS_NAMESPACE_ENV, "").strip() or params.DEFAULT_METRICS_NAMESPACE,

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 from image_classifier import params
 from image_classifier.errors import UserError
 from image_classifier.serving.config import ServingConfig
+from image_classifier.serving.prefork_launcher import SOCKET_ENV
 
 log = logging.getLogger(__name__)
 HANDLER = "image_classifier.serving.handler_service:handle"
@@ -102,11 +103,20 @@ def openmp_wait(setting: str, environ: dict[str, str] | os._Environ) -> dict[str
     raise UserError(f"{params.OMP_SPIN_ENV}={setting!r}: use passive, default or a spin count")
 
 
+# multi-model-server's command line always names its own interpreter as the workers' python (``--python
+# sys.executable``): run it with that name replaced by the pre-fork launcher (serving.prefork_launcher)
+MMS_CLI = "import sys; sys.executable = sys.argv.pop(1); sys.argv[0] = 'multi-model-server'; from mms.model_server import start; start()"
+
+
+LAUNCHER = "serve-worker-python"  # the console script of serving.prefork_launcher, beside this interpreter
+
+
 class ModelServer:
     def __init__(self, config: ServingConfig, workdir: Path):
         self.config = config
         self.workdir = workdir
         self.process: subprocess.Popen | None = None
+        self.prefork: subprocess.Popen | None = None
         self.sockets = Path("/nonexistent")
 
     def start(self) -> None:
@@ -130,9 +140,24 @@ class ModelServer:
         }
         if self.config.threads_per_worker > 1:
             env.update(openmp_wait(os.environ.get(params.OMP_SPIN_ENV, DEFAULT_OMP_SPIN), os.environ))
-        mms = Path(sys.executable).with_name("multi-model-server")
+        python, launcher = sys.executable, Path(sys.executable).with_name(LAUNCHER)
+        if self.config.prefork and not launcher.exists():
+            log.warning("event=prefork_off reason=%s_not_installed", LAUNCHER)
+        elif self.config.prefork:
+            python = str(launcher)
+            env[SOCKET_ENV] = str(self.sockets / "prefork.sock")
+            # its own session, like MMS's: stop() signals both groups; started first, its imports overlap Java's start
+            self.prefork = subprocess.Popen(
+                [sys.executable, "-m", "image_classifier.serving.prefork", "--socket", env[SOCKET_ENV]],
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         command = [
-            str(mms),
+            sys.executable,
+            "-c",
+            MMS_CLI,
+            python,
             "--start",
             "--foreground",
             "--mms-config",
@@ -144,34 +169,39 @@ class ModelServer:
         ]
         self.process = subprocess.Popen(command, env=env, cwd=self.workdir, start_new_session=True)
         log.info(
-            "event=mms_started pid=%d inference_port=%d management_port=%d",
+            "event=mms_started pid=%d inference_port=%d management_port=%d prefork=%s",
             self.process.pid,
             self.config.mms_port,
             self.config.mms_management_port,
+            "off" if self.prefork is None else f"pid_{self.prefork.pid}",
         )
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the whole process group (java and every Python worker), SIGKILL after ``grace``."""
-        if self.process is None:
+        """SIGTERM to both process groups (java and the launchers; the pre-fork interpreter and every Python
+        worker), SIGKILL after ``grace``."""
+        processes = [p for p in (self.process, self.prefork) if p is not None]
+        if not processes:
             return
-        pgid = self.process.pid
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
+            alive = [p.pid for p in processes if _group_alive(p.pid)]
+            for pgid in alive:
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    pass
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(pgid):
+            while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in alive):
                 time.sleep(0.1)
-            if not _group_alive(pgid):
+            if not any(_group_alive(p.pid) for p in processes):
                 break
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        for process in processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
         shutil.rmtree(self.sockets, ignore_errors=True)
         log.info("event=mms_stopped")
 
