@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from image_classifier.serving.mms import LAUNCHER
-from image_classifier.serving.prefork import fork_refusal
+from image_classifier.serving.prefork import cuda_driver_loaded, fork_refusal
 from image_classifier.serving.prefork_launcher import SOCKET_ENV
 
 WORKER = """
@@ -166,3 +166,9 @@ def test_what_is_not_forked(tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "inference.py").write_text("def model_fn(model_dir):\n    return None\n")
     assert fork_refusal([worker, "--model-path", str(tmp_path)], own, own) == "the_model_has_its_own_code"
+
+
+def test_no_worker_is_forked_once_the_imports_have_loaded_the_cuda_driver():
+    loaded = "7f0000000000-7f0000100000 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06\n"
+    assert cuda_driver_loaded(loaded)
+    assert not cuda_driver_loaded("7f0000000000-7f0000100000 r-xp 00000000 08:01 43 /opt/venv/lib/libcudart.so.13\n")

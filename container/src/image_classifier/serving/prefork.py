@@ -117,6 +117,12 @@ def show_command_line(argv: list[str] | None = None) -> None:
         setproctitle(" ".join([sys.executable, *argv]))
 
 
+def cuda_driver_loaded(maps: str) -> bool:
+    """The CUDA driver in this process (``/proc/self/maps``) means something initialised CUDA while importing: a
+    forked worker would inherit a driver state it cannot use, so no worker is forked. torch loads it on first use."""
+    return "libcuda.so" in maps
+
+
 def gone(conn: socket.socket) -> bool:
     """A launcher sends nothing after its request: anything readable now is its end closing."""
     readable, _, _ = select.select([conn], [], [], 0)
@@ -281,6 +287,10 @@ def main(argv: list[str] | None = None) -> None:
         preload(tuple(name for name in args.preload.split(",") if name))
     except Exception as exc:  # noqa: BLE001 - a worker then starts as a plain interpreter and reports the error itself
         log.warning("event=prefork_failed reason=%s", f"{type(exc).__name__}:{exc}".replace(" ", "_"))
+        listener.close()
+        return
+    if cuda_driver_loaded(Path("/proc/self/maps").read_text()):
+        log.warning("event=prefork_failed reason=the_imports_loaded_the_CUDA_driver")  # its state must not be forked
         listener.close()
         return
     log.info("event=prefork_ready seconds=%.2f modules=%d", time.perf_counter() - started, len(sys.modules))
