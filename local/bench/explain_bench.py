@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from local.bench.report import interleaved, medians, require_quiet, write_result
-from local.bench.serve_bench import ARCHITECTURE, PHOTOS, Server, build_artifact, free_port, photos, wait_for_machine
+from local.bench.serving_kit import ARCHITECTURE, PHOTOS, Server, build_artifact, free_port, photos, wait_for_machine
 
 METHODS = ("gradcam", "saliency", "integrated_gradients")
 

@@ -41,7 +41,7 @@ import psutil
 
 from image_classifier import params
 from local.bench.report import interleaved, require_quiet, write_result
-from local.bench.serve_bench import PHOTOS, VENV_BIN, Server, build_artifact, free_port, photos, timed_posts, wait_for_machine
+from local.bench.serving_kit import PHOTOS, VENV_BIN, Server, build_artifact, free_port, photos, timed_posts, wait_for_machine
 
 TARGET_BYTES = 60 * 1024 * 1024  # the large images: between 50 MB and the 64 MB ceiling
 

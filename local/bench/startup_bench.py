@@ -51,7 +51,7 @@ from datetime import datetime
 from pathlib import Path
 
 from local.bench.report import interleaved, medians, require_quiet, write_result
-from local.bench.serve_bench import VENV_BIN, build_artifact, free_port, photos, wait_for_machine
+from local.bench.serving_kit import VENV_BIN, build_artifact, free_port, photos, wait_for_machine
 
 # (stage, the log line that marks it); each line's own timestamp is read
 STAGES = (
