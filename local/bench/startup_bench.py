@@ -25,7 +25,8 @@ and ``decision_s``, the precision and graph decision alone (facts read, FLOPs co
 Multi-model (one server per variant): a model loaded (``POST /models``), then ``--second-models`` more, each
 timed from its load request to its first answer (``second_model_first_answer_s``, median), and the memory of
 the whole process tree with every model loaded (``models_pss_mb``: proportional set size, shared pages split
-between the processes that share them).
+between the processes that share them); ``one_model_pss_mb`` is the same for a single-model start, once its
+frozen graph is in place.
 
 Variants: ``after`` (this checkout), ``no_prefork`` (the same with ``IMAGE_CLASSIFIER_PREFORK=off``: each
 worker a fresh interpreter) and, with ``--baseline-src``, ``before``.
@@ -145,9 +146,10 @@ def single_start(work: Path, env: dict[str, str], photo: bytes, name: str, count
         first = server.until(lambda: _status(server.port, "POST", "/invocations", photo, {"Content-Type": "image/jpeg"}) == 200)
         if "graph_deferred=frozen" in server.log_path.read_text():  # the frozen graph is still being built: its time too
             server.until(lambda: re.search(r"event=(graph_ready|serve_graph_failed)", server.log_path.read_text()) is not None, 60)
+        pss = tree_pss_mb(server.process.pid)
     finally:
         server.stop()
-    return {**stages(server.log_path.read_text(), server.started), "ping_200_s": ping, "first_answer_s": first}
+    return {**stages(server.log_path.read_text(), server.started), "ping_200_s": ping, "first_answer_s": first, "one_model_pss_mb": pss}
 
 
 def multi_model(work: Path, env: dict[str, str], photo: bytes, name: str, second_models: int) -> dict[str, float]:
@@ -235,6 +237,7 @@ def main() -> None:
         "ping 200, after / no_prefork": ("after", "no_prefork", "ping_200_s"),
         "second model's first answer, after / no_prefork": ("after", "no_prefork", "second_model_first_answer_s"),
         "memory with every model loaded, after / no_prefork": ("after", "no_prefork", "models_pss_mb"),
+        "memory with one model, after / no_prefork": ("after", "no_prefork", "one_model_pss_mb"),
     }
     if "before" in runs:
         ratios |= {

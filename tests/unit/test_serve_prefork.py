@@ -24,14 +24,21 @@ from image_classifier.serving.prefork_launcher import SOCKET_ENV
 WORKER = """
 import json, os, signal, sys, time
 mode = sys.argv[sys.argv.index("--mode") + 1]
+if mode == "term":  # before the report: the test signals as soon as it has read it
+    signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", flush=True), os._exit(3)))
 report = {"pid": os.getpid(), "cwd": os.getcwd(), "argv": sys.argv[1:], "marker": os.environ.get("MARKER"),
           "json_preloaded": "json" in sys.modules and "email" in sys.modules, "stdin": sys.stdin.readline().strip()}
 print(json.dumps(report), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if mode == "exit":
     sys.exit(7)
-if mode == "term":
-    signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", flush=True), os._exit(3)))
+if mode == "orphan":  # as MMS's worker does: a child per connection, which outlives a killed parent
+    child = os.fork()
+    if child == 0:
+        time.sleep(0.5)
+        os._exit(0)
+    print(json.dumps({"orphan": child}), flush=True)
+    os._exit(0)
 while True:
     time.sleep(0.1)
 """
@@ -172,3 +179,16 @@ def test_no_worker_is_forked_once_the_imports_have_loaded_the_cuda_driver():
     loaded = "7f0000000000-7f0000100000 r-xp 00000000 08:01 42 /usr/lib/x86_64-linux-gnu/libcuda.so.580.65.06\n"
     assert cuda_driver_loaded(loaded)
     assert not cuda_driver_loaded("7f0000000000-7f0000100000 r-xp 00000000 08:01 43 /opt/venv/lib/libcudart.so.13\n")
+
+
+def test_the_children_a_worker_leaves_behind_are_reaped_not_left_as_zombies(tmp_path, worker_script, fork_server):
+    process = launch(tmp_path, worker_script, fork_server[0], "orphan")
+    first_report(process)
+    orphan = json.loads(process.stdout.readline())["orphan"]
+    process.communicate(timeout=30)
+    reaped = f"event=worker_exited pid={orphan} code=0"  # the fork server adopted it (a subreaper) and reaped it
+    deadline = time.monotonic() + 10
+    while reaped not in fork_server[1].read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert reaped in fork_server[1].read_text()
+    assert not Path(f"/proc/{orphan}").exists()
