@@ -15,6 +15,8 @@ import psutil
 import requests
 from PIL import Image
 
+from image_classifier.serving.mms import LAUNCHER
+
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 FIGURES: dict[str, dict] = {}
 
@@ -37,9 +39,9 @@ def worker_fingerprint(proc) -> list[tuple[str, str, str]]:
 def server_processes(proc) -> dict[str, psutil.Process]:
     """Every process of a running ``serve``: the front, the Java server and each Python worker.
 
-    MMS starts one Python backend server; it forks one child per worker (per connection from
-    Java), which loads the model and answers requests. Keys name each process so its RSS can
-    be followed.
+    MMS starts one Python backend server per worker (through the launcher, forked from the pre-fork
+    interpreter: serving/prefork.py); it forks one child per connection from Java, which loads the
+    model and answers requests. Keys name each process so its RSS can be followed.
     """
     front = psutil.Process(proc.process.pid)
     found = {"front": front}
@@ -47,6 +49,12 @@ def server_processes(proc) -> dict[str, psutil.Process]:
         command = " ".join(child.cmdline())
         if "java" in child.name() or "com.amazonaws.ml.mms" in command:
             found["java"] = child
+        elif "mms.model_server" in command:  # multi-model-server's command line, Java's parent
+            found["mms_cli"] = child
+        elif LAUNCHER in command:  # what MMS started as its python: it hands the worker's start to the fork server
+            found[f"launcher-{child.pid}"] = child
+        elif "image_classifier.serving.prefork" in command:
+            found["prefork"] = child
         elif "model_service_worker" in command:
             found[f"worker-{child.pid}"] = child
     return found
